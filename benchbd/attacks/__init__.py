@@ -1,0 +1,27 @@
+"""Attacks: `names()`, `create(name, dataset=..., **params)`, and the registry."""
+from __future__ import annotations
+
+from . import badnet, blend  # noqa: F401  (registration)
+from .base import ATTACKS, Attack, AttackParams
+
+
+def names() -> list[str]:
+    return ATTACKS.names()
+
+
+def create(name: str, dataset: str = "cifar10", num_classes: int | None = None, image_size: int | None = None, **params) -> Attack:
+    """An attack with the layered defaults for `dataset`, overridden by `params`."""
+    from ..config import Layers, build_params
+    from ..data import DATASETS
+
+    canonical = ATTACKS.resolve(name)
+    cls = ATTACKS.get(canonical)
+    dataset = DATASETS.resolve(dataset) if dataset in DATASETS else dataset
+    values = {**Layers().resolve("attack", canonical, dataset), **params}
+    source = DATASETS.get(dataset) if dataset in DATASETS else None
+    num_classes = num_classes or getattr(source, "num_classes", None) or 10
+    image_size = image_size or getattr(source, "image_size", None) or 32
+    return cls(build_params(cls.Params, values, f"attack.{canonical}"), num_classes, image_size, canonical)
+
+
+__all__ = ["ATTACKS", "Attack", "AttackParams", "create", "names"]

@@ -1,0 +1,97 @@
+"""The attack interface: poison a training split, and stamp the test-time trigger on a batch.
+
+Triggers act on the stored uint8 images [N, H, W, 3] before any augmentation; arithmetic is in
+float, then rounded and clipped to [0, 255] (the official code truncates).
+"""
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import dataclass
+from importlib import resources
+
+import numpy as np
+import torch
+from PIL import Image
+
+from ..config import as_dict, check
+from ..data.splits import PoisonedSplit, Split
+from ..errors import BenchbdError
+from ..registry import Registry
+from ..seeding import generator
+
+ATTACKS: Registry[type["Attack"]] = Registry("attack")
+
+
+@dataclass
+class AttackParams:
+    poison_ratio: float = 0.1  # of the whole training set, holdout included
+    target: int = 0
+
+    def __post_init__(self):
+        check(0 < self.poison_ratio < 1, f"poison_ratio={self.poison_ratio} must be in (0, 1)")
+        check(self.target >= 0, f"target={self.target} must be a class index >= 0")
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    return x.round().clamp_(0, 255).to(torch.uint8)
+
+
+def asset_path(name: str):
+    return resources.files("benchbd.attacks").joinpath("assets", name)
+
+
+def load_png(name: str) -> np.ndarray:
+    with asset_path(name).open("rb") as f, Image.open(f) as im:
+        return np.asarray(im.convert("RGB"))
+
+
+class Attack(abc.ABC):
+    """Subclasses set `Params` and implement `apply`; `poison` is shared by all."""
+
+    Params = AttackParams
+    clean_label = False
+    in_all = True          # expanded by `--attacks all`
+    version = 1            # bump when the trigger changes: cached poisoned splits are rebuilt
+    assets: tuple[str, ...] = ()
+
+    def __init__(self, params: AttackParams, num_classes: int, image_size: int, name: str = ""):
+        self.params = params
+        self.num_classes = num_classes
+        self.image_size = image_size
+        self.name = name or type(self).__name__.lower()
+        if params.target >= num_classes:
+            raise BenchbdError(f"attack.{self.name}.target={params.target} is out of range: valid 0..{num_classes - 1}")
+
+    @abc.abstractmethod
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [N, H, W, 3] -> the same batch with the trigger, uint8 [N, H, W, 3]."""
+
+    def identity(self) -> dict:
+        """Everything that determines the poisoned split, for cache keys."""
+        digest = hashlib.sha256()
+        for name in self.assets:
+            digest.update(asset_path(name).read_bytes())
+        return {"attack": self.name, "params": as_dict(self.params), "version": self.version, "assets": digest.hexdigest()[:16]}
+
+    def poison(self, train: Split, full_train_size: int, seed: int) -> PoisonedSplit:
+        """Dirty label: int(ratio x full size) non-target images, triggered and relabelled.
+        Clean label: up to that many target-class images, triggered, labels kept."""
+        target = self.params.target
+        n_poison = int(self.params.poison_ratio * full_train_size)
+        pool = torch.nonzero(train.labels == target if self.clean_label else train.labels != target).flatten()
+        if not self.clean_label and n_poison > len(pool):
+            raise BenchbdError(f"attack.{self.name}.poison_ratio={self.params.poison_ratio} asks for {n_poison} poisoned images "
+                               f"but only {len(pool)} non-target training images exist")
+        order = torch.randperm(len(pool), generator=generator(seed, f"poison:{self.name}"))
+        chosen = pool[order[: min(n_poison, len(pool))]].sort().values
+        images, labels = train.images.clone(), train.labels.clone()
+        images[chosen] = self.apply(train.images[chosen])
+        if not self.clean_label:
+            labels[chosen] = target
+        return PoisonedSplit(images, labels, poisoned=chosen)
+
+    def backdoor_test(self, test: Split) -> Split:
+        """The ASR set: test images whose true label is not the target, with the trigger applied."""
+        keep = test.labels != self.params.target
+        return Split(self.apply(test.images[keep]), test.labels[keep])

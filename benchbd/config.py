@@ -1,0 +1,210 @@
+"""Layered parameters: dataclass defaults < registry.yaml < its per-dataset values < a user
+--config file (same layout, also per dataset) < --set KIND.NAME.PARAM=VALUE on the command line.
+
+Every layer is a plain dict; `resolve` merges the layers for one component on one dataset and
+`build_params` turns the result into the component's typed, validated dataclass.
+"""
+from __future__ import annotations
+
+import copy
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+
+from .errors import BenchbdError, did_you_mean
+
+KINDS = ("attack", "defense", "dataset", "train")
+ALL = "_all"          # a section entry that applies to every component of its kind
+PER_DATASET = "per_dataset"
+
+
+def check(condition: bool, message: str) -> None:
+    """Parameter validation used in dataclasses' __post_init__ (ART style)."""
+    if not condition:
+        raise ValueError(message)
+
+
+def package_defaults() -> dict:
+    text = resources.files("benchbd").joinpath("registry.yaml").read_text()
+    return yaml.safe_load(text) or {}
+
+
+def load_user_config(path: str | Path) -> dict:
+    path = Path(path)
+    if not path.is_file():
+        raise BenchbdError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BenchbdError(f"config file '{path}' is not valid YAML: {str(exc).splitlines()[0]}") from exc
+    if not isinstance(data, dict):
+        raise BenchbdError(f"config file '{path}' must hold a mapping with sections {', '.join(KINDS)}")
+    for key in data:
+        if key not in KINDS:
+            raise BenchbdError(f"unknown section '{key}' in config file '{path}'{did_you_mean(key, KINDS)}; valid: {', '.join(KINDS)}")
+    return data
+
+
+def parse_set(items: typing.Iterable[str]) -> dict:
+    """`--set attack.blend.alpha=0.1` (one component) or `attack.poison_ratio=0.05` (all of a kind)
+    into a layer dict. Values are parsed as YAML scalars/lists (0.1, true, [1, 2], text)."""
+    layer: dict = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        parts = key.strip().split(".")
+        if not sep or len(parts) < 2 or not all(parts) or parts[0] not in KINDS:
+            raise BenchbdError(
+                f"malformed --set '{item}': expected KIND.NAME.PARAM=VALUE or KIND.PARAM=VALUE "
+                f"with KIND one of {', '.join(KINDS)}"
+            )
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        kind, rest = parts[0], parts[1:]
+        target = layer.setdefault(kind, {})
+        # KIND.PARAM applies to every component of the kind; KIND.NAME.PARAM[.SUB] to one.
+        target.setdefault("_set", []).append((rest, value))
+    return layer
+
+
+def deep_merge(base: dict, update: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
+
+
+def _section_values(section: dict, name: str, dataset: str) -> dict:
+    """General then per-dataset values of one layer's section for `name`."""
+    values: dict = {}
+    for entry_name in (ALL, name):
+        entry = dict(section.get(entry_name) or {})
+        entry.pop(PER_DATASET, None)
+        values = deep_merge(values, entry)
+    for entry_name in (ALL, name):
+        per = ((section.get(entry_name) or {}).get(PER_DATASET) or {}).get(dataset) or {}
+        values = deep_merge(values, per)
+    return values
+
+
+def _nest(path: list[str], value: Any) -> dict:
+    out: dict = {}
+    node = out
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+    node[path[-1]] = value
+    return out
+
+
+@dataclass
+class Layers:
+    """The ordered layers of parameters for a run."""
+
+    package: dict = field(default_factory=package_defaults)
+    user: dict = field(default_factory=dict)
+    cli: dict = field(default_factory=dict)
+
+    def resolve(self, kind: str, name: str, dataset: str) -> dict:
+        values: dict = {}
+        for layer in (self.package, self.user):
+            values = deep_merge(values, _section_values(layer.get(kind) or {}, name, dataset))
+        for path, value in (self.cli.get(kind) or {}).get("_set", []):
+            if len(path) == 1 or path[0] == ALL:
+                values = deep_merge(values, _nest(path[-1:] if len(path) == 1 else path[1:], value))
+            elif path[0] == name:
+                values = deep_merge(values, _nest(path[1:], value))
+        return values
+
+    def check_names(self, kind: str, known: typing.Iterable[str]) -> None:
+        """Refuse a user-config section or a --set that names a component that does not exist."""
+        known = set(known) | {ALL}
+        named = [(key, "config file") for key in (self.user.get(kind) or {})]
+        named += [(path[0], "--set") for path, _ in (self.cli.get(kind) or {}).get("_set", []) if len(path) >= 2]
+        for key, origin in named:
+            if key not in known:
+                valid = ", ".join(sorted(known - {ALL}))
+                raise BenchbdError(f"unknown {kind} '{key}' in {origin}{did_you_mean(key, known)}; valid: {valid}")
+
+
+def _strip_optional(tp: Any) -> tuple[Any, bool]:
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(args) == 1:
+            return args[0], True
+    return tp, False
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    tp, optional = _strip_optional(tp)
+    if value is None:
+        if optional:
+            return None
+        raise BenchbdError(f"{where} must not be empty")
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise BenchbdError(f"{where} must be a mapping of {tp.__name__} fields, got {value!r}")
+        return build_params(tp, value, where)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise BenchbdError(f"{where}={value!r} is invalid{did_you_mean(value, map(str, choices))}; valid: {', '.join(map(str, choices))}")
+        return value
+    if origin in (tuple, list):
+        if not isinstance(value, (list, tuple)):
+            value = [value]
+        (item_type, *_rest) = typing.get_args(tp) or (Any,)
+        items = [_coerce(v, item_type, where) for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise BenchbdError(f"{where}={value!r} is invalid; valid: true, false")
+    if tp in (int, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or (tp is int and not float(value).is_integer()):
+            raise BenchbdError(f"{where}={value!r} is invalid: must be {'an integer' if tp is int else 'a number'}")
+        return tp(value)
+    if tp is str:
+        return str(value)
+    return value
+
+
+def build_params(cls: type, values: dict, where: str):
+    """Typed, validated dataclass `cls` from a dict; unknown keys and bad values are one-line errors."""
+    hints = typing.get_type_hints(cls)
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
+    kwargs = {}
+    for key, value in values.items():
+        if key not in fields:
+            raise BenchbdError(
+                f"unknown parameter '{where}.{key}'{did_you_mean(key, fields)}; valid: {', '.join(sorted(fields)) or '(none)'}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where}.{key}")
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:
+        raise BenchbdError(f"{where}: {exc}") from exc
+
+
+def as_dict(params: Any) -> dict:
+    """A dataclass as plain JSON-able data (tuples as lists), for result rows and cache keys."""
+    def plain(v):
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        return v
+    return plain(dataclasses.asdict(params)) if dataclasses.is_dataclass(params) else plain(params)

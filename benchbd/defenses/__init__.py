@@ -1,0 +1,12 @@
+"""Defenses: `names()`, the registry and the interface."""
+from __future__ import annotations
+
+from . import none, tnr  # noqa: F401  (registration)
+from .base import DEFENSES, Defense, DefenseContext, DefenseParams, Frozen, Need
+
+
+def names() -> list[str]:
+    return DEFENSES.names()
+
+
+__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseParams", "Frozen", "Need", "names"]

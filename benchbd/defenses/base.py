@@ -1,0 +1,83 @@
+"""The defense interface: a defense declares what it needs and returns a model to evaluate.
+
+The runner hands a defense exactly what it declared (SPEC section 1) and nothing else: the
+poisoned training split, the clean holdout, and/or the backdoored model to repair (normal
+training on the whole poisoned training set, built once per cell and cached).
+"""
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from torch import nn
+
+from ..data.splits import PoisonedSplit, Split
+from ..errors import BenchbdError
+from ..models.base import SplitNet
+from ..registry import Registry
+from ..train import Trainer, TrainRecipe
+
+DEFENSES: Registry[type["Defense"]] = Registry("defense")
+
+
+class Need(enum.Enum):
+    POISONED_TRAIN = "poisoned training split"
+    HOLDOUT = "clean holdout"
+    BACKDOORED_MODEL = "backdoored model to repair"
+
+
+@dataclass
+class DefenseParams:
+    """Defenses without parameters use this."""
+
+
+@dataclass
+class DefenseContext:
+    """What a defense may use. Fields for needs it did not declare stay None."""
+
+    trainer: Trainer
+    new_model: Callable[..., SplitNet]   # new_model(dropout=0.0): a fresh model of the cell's architecture
+    num_classes: int
+    seed: int
+    poisoned_train: PoisonedSplit | None = None
+    holdout: Split | None = None
+    backdoored_model: SplitNet | None = None
+    metrics: dict[str, Any] = field(default_factory=dict)  # extra numbers for the result row
+
+    def need(self, what: Need):
+        value = {Need.POISONED_TRAIN: self.poisoned_train, Need.HOLDOUT: self.holdout, Need.BACKDOORED_MODEL: self.backdoored_model}[what]
+        if value is None:
+            raise BenchbdError(f"the defense used the {what.value} without declaring it in `needs`")
+        return value
+
+
+class Defense(abc.ABC):
+    Params = DefenseParams
+    needs: frozenset[Need] = frozenset()
+    version = 1  # bump when the method changes
+
+    def __init__(self, params: Any, name: str = ""):
+        self.params = params
+        self.name = name or type(self).__name__.lower()
+
+    @abc.abstractmethod
+    def run(self, ctx: DefenseContext) -> nn.Module:
+        """The defended model (float inputs in [0, 1], logits out)."""
+
+
+class Frozen(nn.Module):
+    """A module whose parameters do not train and whose BatchNorm stays in eval mode."""
+
+    def __init__(self, module: nn.Module):
+        super().__init__()
+        self.module = module.requires_grad_(False).eval()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        self.module.eval()
+        return self
+
+    def forward(self, x):
+        return self.module(x)

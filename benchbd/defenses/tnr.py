@@ -1,0 +1,108 @@
+"""Trap-and-Replace (NeurIPS 2022), SPEC section 6.
+
+Stage 1 trains the whole network with an image decoder on the stem's features, so that the
+stem must keep the image's content and the easy-to-learn backdoor is "trapped" in the small
+head. Stage 2 throws the head (and decoder) away and trains a fresh head on the clean holdout
+over the frozen stem.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import check
+from ..data.augment import cutmix
+from ..train import TrainRecipe
+from .base import DEFENSES, Defense, DefenseContext, Frozen, Need
+
+
+def total_variation(r: torch.Tensor) -> torch.Tensor:
+    """(sum of squared vertical + horizontal neighbour differences) / (B C H W)."""
+    dv = (r[:, :, 1:, :] - r[:, :, :-1, :]).pow(2).sum()
+    dh = (r[:, :, :, 1:] - r[:, :, :, :-1]).pow(2).sum()
+    return (dv + dh) / r.numel()
+
+
+@dataclass
+class TnRParams:
+    split: Optional[int] = None     # residual blocks in the stem; None = the model's own (5 for WRN-16-1)
+    rec_weight: float = 10.0        # weight of the reconstruction MSE (the paper's l1)
+    tv_weight: float = 1.0          # weight of TV (l1 x l2 in the paper's form)
+    replace_head: bool = True       # False = stage 1 only (ablation "no replacement")
+    head_dropout: float = 0.5
+    label_smoothing: float = 0.1
+    cutmix: bool = True
+    stage1: TrainRecipe = field(default_factory=TrainRecipe)
+    stage2: TrainRecipe = field(default_factory=lambda: TrainRecipe(lr=0.03, epochs=100, batch_size=64))
+
+    def __post_init__(self):
+        check(self.rec_weight >= 0 and self.tv_weight >= 0, "rec_weight and tv_weight must be >= 0")
+        check(0 <= self.head_dropout < 1, f"head_dropout={self.head_dropout} must be in [0, 1)")
+        check(0 <= self.label_smoothing < 1, f"label_smoothing={self.label_smoothing} must be in [0, 1)")
+
+
+class TrapNet(nn.Module):
+    """Stage 1's network: classifier and decoder on the stem output. Forward gives logits."""
+
+    def __init__(self, net, split: int):
+        super().__init__()
+        self.net, self.split = net, split
+        self.stem, self.head = net.stem(split), net.head(split)
+        self.decoder = net.decoder(split)
+
+    def forward(self, x):
+        return self.head(self.stem(x))
+
+    def trap_loss(self, x, y, rec_weight: float, tv_weight: float):
+        features = self.stem(x)
+        logits = self.head(features)
+        loss = F.cross_entropy(logits, y)
+        if rec_weight or tv_weight:
+            rec = self.decoder(features).float()
+            loss = loss + rec_weight * F.mse_loss(rec, x.float()) + tv_weight * total_variation(rec)
+        return loss
+
+
+@DEFENSES.register("tnr", aliases=("trap_and_replace", "t&r"))
+class TrapAndReplace(Defense):
+    """Trap-and-Replace: trap the backdoor in a small head with a decoder, then replace the head."""
+
+    Params = TnRParams
+    needs = frozenset({Need.POISONED_TRAIN, Need.HOLDOUT})
+
+    def run(self, ctx: DefenseContext) -> nn.Module:
+        trapped = self.stage1(ctx)
+        return self.stage2(ctx, trapped) if self.params.replace_head else trapped.net
+
+    def stage1(self, ctx: DefenseContext) -> TrapNet:
+        """Train stem, head and decoder end to end on the poisoned training split."""
+        p = self.params
+        net = ctx.new_model()
+        trapped = TrapNet(net, net.default_split if p.split is None else p.split)
+
+        def loss(model, x, y, gen):
+            return model.trap_loss(x, y, p.rec_weight, p.tv_weight)
+
+        ctx.trainer.fit(trapped, ctx.need(Need.POISONED_TRAIN), p.stage1, loss=loss, desc="T&R stage 1")
+        return trapped
+
+    def stage2(self, ctx: DefenseContext, trapped: TrapNet) -> nn.Module:
+        """Freeze the stem (BatchNorm in eval mode); train a fresh head on the clean holdout."""
+        p = self.params
+        head = ctx.new_model(dropout=p.head_dropout).head(trapped.split)
+        model = nn.Sequential(Frozen(trapped.stem), head)
+
+        def loss(m, x, y, gen):
+            if not p.cutmix:
+                return F.cross_entropy(m(x), y, label_smoothing=p.label_smoothing)
+            mixed, ya, yb, lam = cutmix(x, y, gen)
+            logits = m(mixed)
+            return lam * F.cross_entropy(logits, ya, label_smoothing=p.label_smoothing) + \
+                (1 - lam) * F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
+
+        ctx.trainer.fit(model, ctx.need(Need.HOLDOUT), p.stage2, loss=loss, params=head.parameters(), desc="T&R stage 2")
+        return model

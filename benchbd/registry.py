@@ -1,0 +1,116 @@
+"""One generic registry per kind of component (attack, defense, dataset, model).
+
+Components register with a decorator, may have aliases, and are looked up by name with a
+"did you mean" error. Plugins from other packages register through the `benchbd.plugins`
+entry-point group or `--plugin MODULE`; importing them is enough, as their decorators run.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.metadata
+import inspect
+from dataclasses import dataclass
+from typing import Callable, Generic, Iterable, TypeVar
+
+from .errors import BenchbdError, unknown
+
+T = TypeVar("T")
+PLUGIN_GROUP = "benchbd.plugins"
+
+
+@dataclass(frozen=True)
+class Entry(Generic[T]):
+    name: str
+    obj: T
+    aliases: tuple[str, ...]
+    description: str
+    module: str
+
+
+class Registry(Generic[T]):
+    def __init__(self, kind: str):
+        self.kind = kind
+        self._entries: dict[str, Entry[T]] = {}
+        self._aliases: dict[str, str] = {}
+
+    def register(self, name: str, *, aliases: Iterable[str] = (), description: str | None = None) -> Callable[[T], T]:
+        def decorate(obj: T) -> T:
+            taken = set(self._entries) | set(self._aliases)
+            for label in (name, *aliases):
+                if label in taken and self._resolve_quiet(label) != name:
+                    raise BenchbdError(f"{self.kind} name '{label}' is already registered")
+            doc = description or (inspect.getdoc(obj) or "").strip().splitlines()
+            text = doc if isinstance(doc, str) else (doc[0] if doc else "")
+            self._entries[name] = Entry(name, obj, tuple(aliases), text, getattr(obj, "__module__", ""))
+            for alias in aliases:
+                self._aliases[alias] = name
+            return obj
+
+        return decorate
+
+    def _resolve_quiet(self, name: str) -> str | None:
+        if name in self._entries:
+            return name
+        return self._aliases.get(name)
+
+    def resolve(self, name: str) -> str:
+        """Canonical name for `name` or an alias of it; a one-line error otherwise."""
+        canonical = self._resolve_quiet(name.strip())
+        if canonical is None:
+            raise unknown(self.kind, name, [*self._entries, *self._aliases])
+        return canonical
+
+    def get(self, name: str) -> T:
+        return self._entries[self.resolve(name)].obj
+
+    def entry(self, name: str) -> Entry[T]:
+        return self._entries[self.resolve(name)]
+
+    def names(self) -> list[str]:
+        return sorted(self._entries)
+
+    def entries(self) -> list[Entry[T]]:
+        return [self._entries[n] for n in self.names()]
+
+    def expand(self, spec: str, default_all: Iterable[str] | None = None) -> list[str]:
+        """Comma-separated names, or 'all', into canonical names in the order given.
+
+        'all' means `default_all` when given (e.g. attacks that opt out of 'all'), else every name.
+        """
+        parts = [p.strip() for p in spec.split(",") if p.strip()]
+        if not parts:
+            raise BenchbdError(f"no {self.kind} named; valid: all, {', '.join(self.names())}")
+        out: list[str] = []
+        for part in parts:
+            chosen = list(default_all or self.names()) if part == "all" else [self.resolve(part)]
+            out.extend(n for n in chosen if n not in out)
+        return out
+
+    def __contains__(self, name: str) -> bool:
+        return self._resolve_quiet(name) is not None
+
+
+_loaded_entry_points = False
+
+
+def load_plugins(modules: Iterable[str] = ()) -> list[str]:
+    """Import plugins from the entry-point group (once) and the named modules; return their names."""
+    global _loaded_entry_points
+    loaded: list[str] = []
+    if not _loaded_entry_points:
+        _loaded_entry_points = True
+        for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP):
+            try:
+                target = ep.load()
+            except Exception as exc:  # a broken third-party plugin must say which one it is
+                raise BenchbdError(f"plugin entry point '{ep.name}' ({ep.value}) failed to load: {exc}") from exc
+            if callable(target) and not inspect.isclass(target):
+                target()
+            loaded.append(ep.value)
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ImportError as exc:
+            raise BenchbdError(f"cannot import plugin module '{module}': {exc}") from exc
+        loaded.append(module)
+    return loaded

@@ -1,0 +1,203 @@
+"""ASR / CA grids from result rows: one row per attack plus Average, a column pair per defense,
+mean (and std over seeds) per cell; optionally the paper's numbers beside ours."""
+from __future__ import annotations
+
+import html
+import math
+from dataclasses import dataclass
+from importlib import resources
+
+import pandas as pd
+
+from ..errors import BenchbdError, unknown
+
+FORMATS = ("markdown", "latex", "csv", "html")
+METRICS = ("asr", "ca")
+AVERAGE = "Average"
+
+
+def paper_table(name: str = "main") -> pd.DataFrame:
+    """The paper's numbers shipped with the package (Tables 1, 2, 3, 11, 12 as 'main')."""
+    with resources.files("benchbd.report").joinpath(f"paper_{name}_tables.csv").open() as f:
+        return pd.read_csv(f)
+
+
+@dataclass
+class Grid:
+    """One (dataset, budget) grid: numeric means/stds and seed counts, indexed by attack, by defense."""
+
+    dataset: str
+    budget: str
+    mean: dict[str, pd.DataFrame]   # metric -> attack x defense
+    std: dict[str, pd.DataFrame]
+    seeds: pd.DataFrame
+    paper: dict[str, pd.DataFrame] | None = None
+
+    @property
+    def attacks(self) -> list[str]:
+        return list(self.mean["asr"].index)
+
+    @property
+    def defenses(self) -> list[str]:
+        return list(self.mean["asr"].columns)
+
+
+def _ordered(values: pd.Series) -> list[str]:
+    return list(dict.fromkeys(values))
+
+
+def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[str] | None = None, budgets: list[str] | None = None) -> list[Grid]:
+    if rows.empty:
+        raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
+    rows = rows.sort_values("finished_at")
+    for column, chosen in (("dataset", datasets), ("budget", budgets)):
+        if chosen:
+            present = _ordered(rows[column])
+            for value in chosen:
+                if value not in present:
+                    raise unknown(column + " in results", value, present)
+            rows = rows[rows[column].isin(chosen)]
+    paper = paper_table() if compare == "paper" else None
+    grids = []
+    for (dataset, budget), part in rows.groupby(["dataset", "budget"], sort=False):
+        attacks, defenses = _ordered(part["attack"]), _ordered(part["defense"])
+        grouped = part.groupby(["attack", "defense"])
+        mean = {m: grouped[m].mean().unstack().reindex(index=attacks, columns=defenses) for m in METRICS}
+        std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in METRICS}
+        seeds = grouped["seed"].nunique().unstack().reindex(index=attacks, columns=defenses)
+        for m in METRICS:
+            mean[m].loc[AVERAGE] = mean[m].mean(axis=0)
+            std[m].loc[AVERAGE] = float("nan")
+        grid = Grid(dataset, budget, mean, std, seeds)
+        if paper is not None:
+            paper_name = part["paper_dataset"].iloc[0] if "paper_dataset" in part else dataset
+            main = paper[paper["table"].isin([1, 2, 3]) & (paper["dataset"] == paper_name)].copy()
+            main["attack"] = main["attack"].replace({"average": AVERAGE})
+            grid.paper = {m: main.pivot_table(index="attack", columns="defense", values=m).reindex(index=mean[m].index, columns=defenses) for m in METRICS}
+        grids.append(grid)
+    return grids
+
+
+def _fmt(mean: float, std: float, n: float) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    return f"{mean:.2f} ± {std:.2f}" if n and n > 1 and not math.isnan(std) else f"{mean:.2f}"
+
+
+def _best(grid: Grid, attack: str) -> dict[str, str]:
+    """Best defense per metric in a row: lowest ASR, highest CA."""
+    out = {}
+    for metric, pick in (("asr", "idxmin"), ("ca", "idxmax")):
+        values = grid.mean[metric].loc[attack].dropna()
+        if len(values):
+            out[metric] = getattr(values, pick)()
+    return out
+
+
+def _columns(grid: Grid) -> list[tuple[str, str, str]]:
+    """(defense, metric, kind) for each column; kind is ours, paper or diff."""
+    kinds = ("ours", "paper", "diff") if grid.paper is not None else ("ours",)
+    return [(d, m, k) for d in grid.defenses for m in METRICS for k in kinds]
+
+
+def _header(metric: str, kind: str) -> str:
+    name = metric.upper()
+    return {"ours": name, "paper": f"{name} paper", "diff": f"Δ{name}"}[kind]
+
+
+def _cell(grid: Grid, attack: str, defense: str, metric: str, kind: str) -> tuple[str, float]:
+    mean = grid.mean[metric].at[attack, defense]
+    if kind == "ours":
+        n = grid.seeds.at[attack, defense] if attack in grid.seeds.index else 1
+        return _fmt(mean, grid.std[metric].at[attack, defense], n), mean
+    paper = grid.paper[metric].at[attack, defense]
+    value = paper if kind == "paper" else mean - paper
+    return ("–" if pd.isna(value) else (f"{value:+.2f}" if kind == "diff" else f"{value:.2f}")), value
+
+
+def _title(grid: Grid) -> str:
+    return f"{grid.dataset} (budget {grid.budget}): ASR / CA in %"
+
+
+def to_markdown(grid: Grid) -> str:
+    cols = _columns(grid)
+    lines = [f"### {_title(grid)}", "", "| attack | " + " | ".join(f"{d} {_header(m, k)}" for d, m, k in cols) + " |",
+             "|---|" + "---:|" * len(cols)]
+    for attack in grid.attacks:
+        best = _best(grid, attack)
+        cells = []
+        for d, m, k in cols:
+            text, _ = _cell(grid, attack, d, m, k)
+            cells.append(f"**{text}**" if k == "ours" and best.get(m) == d and text != "–" else text)
+        lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _tex(text: str) -> str:
+    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("#", r"\#")
+
+
+def to_latex(grid: Grid) -> str:
+    cols = _columns(grid)
+    per_defense = len(cols) // len(grid.defenses)
+    out = [f"% {_title(grid)}", r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\hline",
+           "Attack & " + " & ".join(rf"\multicolumn{{{per_defense}}}{{c}}{{{_tex(d)}}}" for d in grid.defenses) + r" \\",
+           " & " + " & ".join(_header(m, k).replace("Δ", r"$\Delta$") for _, m, k in cols) + r" \\", r"\hline"]
+    for attack in grid.attacks:
+        if attack == AVERAGE:
+            out.append(r"\hline")
+        best = _best(grid, attack)
+        cells = []
+        for d, m, k in cols:
+            text, _ = _cell(grid, attack, d, m, k)
+            text = text.replace("±", r"$\pm$").replace("–", "--")
+            cells.append(rf"\textbf{{{text}}}" if k == "ours" and best.get(m) == d and text != "--" else text)
+        out.append(f"{_tex(attack)} & " + " & ".join(cells) + r" \\")
+    out += [r"\hline", r"\end{tabular}"]
+    return "\n".join(out) + "\n"
+
+
+def to_html(grid: Grid) -> str:
+    cols = _columns(grid)
+    head = "".join(f"<th>{html.escape(d)} {html.escape(_header(m, k))}</th>" for d, m, k in cols)
+    body = []
+    for attack in grid.attacks:
+        best = _best(grid, attack)
+        cells = []
+        for d, m, k in cols:
+            text, _ = _cell(grid, attack, d, m, k)
+            text = html.escape(text)
+            cells.append(f"<td><b>{text}</b></td>" if k == "ours" and best.get(m) == d and text != "–" else f"<td>{text}</td>")
+        body.append(f"<tr><th>{html.escape(attack)}</th>{''.join(cells)}</tr>")
+    return (f"<table>\n<caption>{html.escape(_title(grid))}</caption>\n<thead><tr><th>attack</th>{head}</tr></thead>\n"
+            f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n")
+
+
+def to_csv(grids: list[Grid]) -> str:
+    """Long numeric form: one line per (dataset, budget, attack, defense), means, stds, paper values."""
+    records = []
+    for grid in grids:
+        for attack in grid.attacks:
+            for defense in grid.defenses:
+                rec = {"dataset": grid.dataset, "budget": grid.budget, "attack": attack, "defense": defense,
+                       "seeds": grid.seeds.at[attack, defense] if attack in grid.seeds.index else None}
+                for m in METRICS:
+                    rec[m] = grid.mean[m].at[attack, defense]
+                    rec[f"{m}_std"] = grid.std[m].at[attack, defense]
+                    if grid.paper is not None:
+                        rec[f"{m}_paper"] = grid.paper[m].at[attack, defense]
+                        rec[f"{m}_diff"] = rec[m] - rec[f"{m}_paper"]
+                records.append(rec)
+    return pd.DataFrame(records).round(4).to_csv(index=False)
+
+
+def render(rows: pd.DataFrame, fmt: str = "markdown", compare: str | None = None, datasets=None, budgets=None) -> str:
+    if fmt not in FORMATS:
+        raise unknown("format", fmt, FORMATS)
+    if compare not in (None, "paper"):
+        raise unknown("--compare source", compare, ["paper"])
+    grids = build_grids(rows, compare, datasets, budgets)
+    if fmt == "csv":
+        return to_csv(grids)
+    render_one = {"markdown": to_markdown, "latex": to_latex, "html": to_html}[fmt]
+    return "\n".join(render_one(g) for g in grids)

@@ -1,0 +1,62 @@
+"""Content-addressed artifact cache: poisoned splits and backdoored models.
+
+An artifact is a dict of tensors saved with torch.save, keyed by a hash of everything that
+determines it, with a sha256 sidecar. A corrupt or half-written entry is rebuilt with a warning.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+
+def content_key(identity: dict) -> str:
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:24]
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Cache:
+    def __init__(self, root: Path | str, warn: Callable[[str], None] = print):
+        self.root = Path(root)
+        self.warn = warn
+
+    def path(self, kind: str, key: str) -> Path:
+        return self.root / kind / f"{key}.pt"
+
+    def get_or_build(self, kind: str, identity: dict, build: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], bool]:
+        """(artifact, True) from the cache, or (build(), False) after storing it."""
+        path = self.path(kind, content_key(identity))
+        checksum = path.with_suffix(".sha256")
+        if path.exists():
+            if checksum.exists() and checksum.read_text().strip() == file_sha256(path):
+                return torch.load(path, map_location="cpu", weights_only=True), True
+            self.warn(f"warning: cache entry {path} is corrupt or incomplete (checksum mismatch); rebuilding it")
+        artifact = build()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        torch.save({k: v.detach().cpu() for k, v in artifact.items()}, tmp)
+        digest = file_sha256(tmp)
+        os.replace(tmp, path)
+        atomic_write_bytes(checksum, digest.encode())
+        atomic_write_bytes(path.with_suffix(".json"), json.dumps(identity, indent=1, sort_keys=True, default=str).encode())
+        return artifact, False

@@ -1,0 +1,217 @@
+"""The runner: expand a (dataset x attack x defense x seed) grid, resolve and validate every
+parameter before any training, then run each cell, reusing cached artifacts, and write one
+result row per finished cell. It knows no method by name: only the interfaces."""
+from __future__ import annotations
+
+import functools
+import platform
+import subprocess
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from .. import __version__
+from ..attacks import ATTACKS, Attack
+from ..config import Layers, as_dict, build_params
+from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, parse_dataset_spec, split_holdout
+from ..defenses import DEFENSES, Defense, DefenseContext, Need
+from ..errors import BenchbdError
+from ..models import MODELS, create_model
+from ..progress import NullProgress
+from ..seeding import derive
+from ..train import BUDGETS, Trainer, TrainRecipe, resolve_device
+from .cache import Cache, content_key
+from .results import Results
+
+
+@dataclass
+class Cell:
+    """One fully resolved (dataset, attack, defense, seed, budget) cell."""
+
+    dataset_name: str
+    dataset: Dataset
+    data: LoadedData
+    attack: Attack
+    defense: Defense
+    seed: int
+    budget: str
+    normal_recipe: TrainRecipe
+
+    @property
+    def model_name(self) -> str:
+        return self.dataset.params.model
+
+    @property
+    def label(self) -> str:
+        return f"{self.dataset_name} / {self.attack.name} / {self.defense.name} / seed {self.seed}"
+
+    def poison_identity(self) -> dict:
+        return {"dataset": self.dataset.identity(), "holdout": self.dataset.params.holdout_fraction, "seed": self.seed, **self.attack.identity()}
+
+    def backdoored_identity(self) -> dict:
+        return {"poison": self.poison_identity(), "model": self.model_name, "recipe": as_dict(self.normal_recipe), "budget": self.budget}
+
+    def params(self) -> dict:
+        """Every resolved parameter, as recorded in the result row."""
+        out = {"dataset": as_dict(self.dataset.params), "attack": as_dict(self.attack.params), "defense": as_dict(self.defense.params)}
+        if Need.BACKDOORED_MODEL in self.defense.needs:
+            out["train"] = as_dict(self.normal_recipe)
+        return out
+
+    @property
+    def key(self) -> str:
+        return content_key({"dataset": self.dataset_name, "poison": self.poison_identity(), "defense": self.defense.name,
+                            "defense_version": self.defense.version, "params": self.params(), "budget": self.budget})
+
+
+@functools.lru_cache(maxsize=1)
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+class Runner:
+    def __init__(self, results: Results, cache: Cache, layers: Layers | None = None, data_root: Path | None = None,
+                 device: str = "auto", progress: NullProgress | None = None, warn: Callable[[str], None] = print):
+        self.results = results
+        self.cache = cache
+        self.layers = layers or Layers()
+        self.data_root = data_root
+        self.device = resolve_device(device)
+        self.progress = progress or NullProgress()
+        self.warn = warn
+        self._loaded: dict[str, LoadedData] = {}
+
+    # ---- planning: every name and parameter is checked before anything trains
+    def plan(self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str) -> list[Cell]:
+        budget = BUDGETS.resolve(budget)
+        attack_names = ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])
+        defense_names = DEFENSES.expand(defenses)
+        for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("dataset", DATASETS)):
+            self.layers.check_names(kind, registry.names())
+        self.layers.check_names("train", ["normal"])
+        cells = []
+        for spec in datasets:
+            name, path = parse_dataset_spec(spec)
+            source = DATASETS.get(name)
+            dataset = source(build_params(source.Params, self.layers.resolve("dataset", name, name), f"dataset.{name}"), self.data_root, path)
+            MODELS.resolve(dataset.params.model)
+            data = self.load(dataset)
+            num_classes, image_size = len(data.classes), data.train.images.shape[1]
+            recipe = build_params(TrainRecipe, self.layers.resolve("train", "normal", name), "train.normal")
+            for attack_name in attack_names:
+                cls = ATTACKS.get(attack_name)
+                attack = cls(build_params(cls.Params, self.layers.resolve("attack", attack_name, name), f"attack.{attack_name}"),
+                             num_classes, image_size, attack_name)
+                for defense_name in defense_names:
+                    dcls = DEFENSES.get(defense_name)
+                    defense = dcls(build_params(dcls.Params, self.layers.resolve("defense", defense_name, name), f"defense.{defense_name}"), defense_name)
+                    for seed in seeds:
+                        cells.append(Cell(spec if path else name, dataset, data, attack, defense, seed, budget, recipe))
+        return cells
+
+    def load(self, dataset: Dataset) -> LoadedData:
+        key = content_key(dataset.identity())
+        if key not in self._loaded:
+            self._loaded[key] = dataset.load()
+        return self._loaded[key]
+
+    # ---- running
+    def run(self, cells: list[Cell], force: bool = False) -> list[dict]:
+        """Run the cells not finished yet (all with `force`); return the rows written."""
+        written = []
+        with self.results.lock():
+            self.progress.start_grid(len(cells))
+            for cell in cells:
+                self.progress.start_cell(cell.label)
+                if self.results.has(cell.key) and not force:
+                    self.progress.end_cell("done earlier, skipped")
+                    continue
+                row = self.run_cell(cell)
+                self.results.write(row)
+                written.append(row)
+                self.progress.end_cell(f"ASR {row['asr']:.2f}  CA {row['ca']:.2f}  ({row['wall_time_s']:.0f}s)")
+        return written
+
+    def run_cell(self, cell: Cell) -> dict:
+        start = time.perf_counter()
+        data, seed = cell.data, cell.seed
+        splits = split_holdout(data.train, data.test, len(data.classes), cell.dataset.params.holdout_fraction, seed)
+        trainer = Trainer(cell.dataset.pipeline, BUDGETS.get(cell.budget), self.device, seed, self.progress)
+        pipeline = cell.dataset.pipeline
+
+        def new_model(dropout: float = 0.0):
+            return create_model(cell.model_name, splits.num_classes, dropout=dropout, mean=pipeline.mean, std=pipeline.std)
+
+        ctx = DefenseContext(trainer, new_model, splits.num_classes, seed)
+        needs = cell.defense.needs
+        cached = {}
+        if needs & {Need.POISONED_TRAIN, Need.BACKDOORED_MODEL}:
+            poisoned, cached["poisoned_split"] = self.poisoned_split(cell, splits)
+            if Need.POISONED_TRAIN in needs:
+                ctx.poisoned_train = poisoned
+            if Need.BACKDOORED_MODEL in needs:
+                ctx.backdoored_model, cached["backdoored_model"] = self.backdoored_model(cell, splits, poisoned, trainer, new_model)
+        if Need.HOLDOUT in needs:
+            ctx.holdout = splits.holdout
+        self.progress.stage(f"defense {cell.defense.name}")
+        torch.manual_seed(derive(seed, f"defense:{cell.defense.name}"))
+        model = cell.defense.run(ctx)
+        self.progress.stage("evaluating")
+        ca, asr, n_asr = self.evaluate(trainer, model, cell.attack, splits.test)
+        return {
+            "cell_key": cell.key, "dataset": cell.dataset_name, "paper_dataset": cell.dataset.paper_dataset or cell.dataset_name, "attack": cell.attack.name, "defense": cell.defense.name,
+            "seed": seed, "budget": cell.budget, "model": cell.model_name, "ca": ca, "asr": asr,
+            "n_test": len(splits.test), "n_asr": n_asr, "n_train": len(splits.train), "n_holdout": len(splits.holdout),
+            "params": cell.params(), "metrics": ctx.metrics, "cached": cached,
+            "wall_time_s": round(time.perf_counter() - start, 3), "device": self.device_name(),
+            "benchbd_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def device_name(self) -> str:
+        if self.device.type == "cuda":
+            return torch.cuda.get_device_name(self.device)
+        return f"cpu ({platform.processor() or platform.machine()})"
+
+    @staticmethod
+    def evaluate(trainer: Trainer, model, attack: Attack, test: Split) -> tuple[float, float, int]:
+        """CA on the whole clean test set; ASR on triggered non-target test images. Per sample, in %."""
+        ca = trainer.accuracy(model, test)
+        backdoor = attack.backdoor_test(test)
+        hits = (trainer.predict(model, backdoor.images) == attack.params.target).double()
+        return round(100 * ca, 4), round(100 * hits.mean().item(), 4) if len(hits) else float("nan"), len(hits)
+
+    def poisoned_split(self, cell: Cell, splits: Splits) -> tuple[PoisonedSplit, bool]:
+        self.progress.stage(f"poisoning ({cell.attack.name})")
+
+        def build():
+            p = cell.attack.poison(splits.train, splits.full_train_size, cell.seed)
+            return {"indices": p.poisoned, "images": p.images[p.poisoned], "labels": p.labels}
+
+        art, hit = self.cache.get_or_build("poisoned", cell.poison_identity(), build)
+        images = splits.train.images.clone()
+        images[art["indices"]] = art["images"]
+        return PoisonedSplit(images, art["labels"], poisoned=art["indices"]), hit
+
+    def backdoored_model(self, cell: Cell, splits: Splits, poisoned: PoisonedSplit, trainer: Trainer, new_model) -> tuple[torch.nn.Module, bool]:
+        """Normal training on the whole poisoned training set (split + holdout), once per cell family."""
+        self.progress.stage("backdoored model")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive(cell.seed, "init:backdoored"))
+            model = new_model()
+
+        def build():
+            trained = trainer.fit(model, Split.concat(poisoned, splits.holdout), cell.normal_recipe, desc="normal training")
+            return trained.state_dict()
+
+        state, hit = self.cache.get_or_build("backdoored", cell.backdoored_identity(), build)
+        model.load_state_dict(state)
+        return model, hit

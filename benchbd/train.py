@@ -1,0 +1,170 @@
+"""The one trainer every method trains through, and the training budgets.
+
+The whole split is moved to the device once as uint8; batches are gathered, augmented and
+converted there. On CUDA: bf16 autocast and channels_last. The loop does not synchronise with
+the host inside an epoch (the running loss is read once per epoch).
+"""
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Iterable, Literal, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import check
+from .data.splits import Split
+from .progress import NullProgress
+from .registry import Registry
+from .seeding import generator
+
+LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
+
+
+@dataclass
+class TrainRecipe:
+    """One training run's optimiser, schedule and length (SPEC section 5)."""
+
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = 1e-3
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    schedule: Literal["cosine", "step", "constant"] = "cosine"
+    milestones: tuple[int, ...] = ()
+    gamma: float = 0.1
+    epochs: int = 200
+    batch_size: int = 256
+
+    def __post_init__(self):
+        check(self.lr > 0, f"lr={self.lr} must be positive")
+        check(self.epochs >= 1, f"epochs={self.epochs} must be at least 1")
+        check(self.batch_size >= 2, f"batch_size={self.batch_size} must be at least 2")
+        check(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
+        check(list(self.milestones) == sorted(self.milestones), f"milestones={list(self.milestones)} must increase")
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How long training runs are: every setting of a recipe is kept but its epoch count."""
+
+    description: str
+    long_run_epochs: Optional[int] = None  # runs planned at >= 100 epochs run this many instead
+    max_epochs: Optional[int] = None        # every run is capped at this
+    max_steps_per_epoch: Optional[int] = None
+
+    def epochs(self, planned: int) -> int:
+        epochs = planned
+        if self.long_run_epochs is not None and planned >= 100:
+            epochs = self.long_run_epochs
+        if self.max_epochs is not None:
+            epochs = min(epochs, self.max_epochs)
+        return epochs
+
+
+BUDGETS: Registry[Budget] = Registry("budget")
+BUDGETS.register("paper", description="the paper's epochs (SPEC section 5)")(Budget("paper"))
+BUDGETS.register("fast", description="runs of 100+ epochs take 30: one GPU session")(Budget("fast", long_run_epochs=30))
+BUDGETS.register("demo", description="every run capped at 8 epochs: real but quick, for the CPU quick start")(Budget("demo", max_epochs=8))
+BUDGETS.register("smoke", description="1 epoch of at most 2 steps per run: exercises the code only")(Budget("smoke", max_epochs=1, max_steps_per_epoch=2))
+
+
+def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+    return F.cross_entropy(model(x), y)
+
+
+def make_optimizer(recipe: TrainRecipe, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    params = list(params)
+    if recipe.optimizer == "adam":
+        return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay)
+    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay)
+
+
+def make_schedule(recipe: TrainRecipe, optimizer: torch.optim.Optimizer, epochs: int):
+    """Stepped once per epoch. Step milestones shrink with the budget, keeping their place in the run."""
+    if recipe.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    if recipe.schedule == "step":
+        scale = epochs / recipe.epochs
+        milestones = [max(1, round(m * scale)) for m in recipe.milestones]
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=recipe.gamma)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
+
+
+def resolve_device(name: str = "auto") -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+class Trainer:
+    """fit / predict / accuracy on uint8 splits, with the dataset's device-side pipeline."""
+
+    def __init__(self, pipeline, budget: Budget, device: torch.device | str = "cpu", seed: int = 0, progress: NullProgress | None = None):
+        self.pipeline = pipeline
+        self.budget = budget
+        self.device = torch.device(device)
+        self.seed = seed
+        self.progress = progress or NullProgress()
+        self.cuda = self.device.type == "cuda"
+
+    def autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        model = model.to(self.device)
+        return model.to(memory_format=torch.channels_last) if self.cuda else model
+
+    def fit(self, model: nn.Module, data: Split, recipe: TrainRecipe, *, loss: LossFn = cross_entropy,
+            params: Iterable[torch.nn.Parameter] | None = None, desc: str = "train") -> nn.Module:
+        """Train `params` (default: every parameter that requires grad) of `model` on `data`."""
+        model = self.prepare(model)
+        params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
+        optimizer = make_optimizer(recipe, params)
+        epochs = self.budget.epochs(recipe.epochs)
+        schedule = make_schedule(recipe, optimizer, epochs)
+        images, labels = data.images.to(self.device), data.labels.to(self.device)
+        n, bs = len(labels), recipe.batch_size
+        steps = math.ceil(n / bs) if n % bs != 1 else n // bs  # a last batch of one breaks BatchNorm
+        if self.budget.max_steps_per_epoch is not None:
+            steps = min(steps, self.budget.max_steps_per_epoch)
+        gen = generator(self.seed, f"fit:{desc}", self.device)
+        self.progress.start_run(desc, epochs * steps)
+        for epoch in range(epochs):
+            model.train()
+            order = torch.randperm(n, device=self.device, generator=gen)
+            total = torch.zeros((), device=self.device)
+            for step in range(steps):
+                index = order[step * bs: (step + 1) * bs]
+                x = self.pipeline.train(images[index], gen)
+                with self.autocast():
+                    value = loss(model, x, labels[index], gen)
+                optimizer.zero_grad(set_to_none=True)
+                value.backward()
+                optimizer.step()
+                total += value.detach()
+                last = step == steps - 1
+                self.progress.advance(1, f"epoch {epoch + 1}/{epochs} loss {total.item() / steps:.3f}" if last else None)
+            schedule.step()
+        self.progress.end_run()
+        return model
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        model = self.prepare(model)
+        model.eval()
+        out = []
+        for start in range(0, len(images), batch_size):
+            x = self.pipeline.test(images[start: start + batch_size].to(self.device))
+            with self.autocast():
+                out.append(model(x).argmax(1))
+        return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
+
+    def accuracy(self, model: nn.Module, data: Split) -> float:
+        """Share of `data` predicted as its label, per sample."""
+        if len(data) == 0:
+            return float("nan")
+        return (self.predict(model, data.images) == data.labels.cpu()).double().mean().item()

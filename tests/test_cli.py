@@ -1,0 +1,191 @@
+"""End to end through the CLI (click's runner and subprocesses) on tiny synthetic data."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from benchbd.cli import main
+from benchbd.runner import Results
+
+from .conftest import REPO
+
+SYN = ["--dataset", "synthetic", "--set", "dataset.synthetic.n_train=300", "--set", "dataset.synthetic.n_test=100", "--budget", "smoke", "--quiet"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+@pytest.fixture(scope="module")
+def grid(tmp_path_factory):
+    results = tmp_path_factory.mktemp("results")
+    res = invoke("run", *SYN, "--attacks", "badnet_grid", "--defenses", "none,tnr", "--seeds", "0,1", "--results", results)
+    assert res.exit_code == 0, res.output
+    return results
+
+
+def test_run_writes_one_row_per_cell(grid):
+    rows = Results(grid).rows()
+    assert sorted((r["defense"], r["seed"]) for r in rows) == [("none", 0), ("none", 1), ("tnr", 0), ("tnr", 1)]
+    for row in rows:
+        assert 0 <= row["asr"] <= 100 and 0 <= row["ca"] <= 100
+        assert row["dataset"] == "synthetic" and row["budget"] == "smoke" and row["model"] == "wrn16_1"
+        assert row["params"]["attack"] == {"poison_ratio": 0.1, "target": 0}
+        assert row["device"] and row["benchbd_version"] and row["git_commit"] and row["wall_time_s"] > 0
+        assert row["n_test"] == 100 and 0 < row["n_asr"] < 100  # the ASR set leaves out target-class images
+    tnr = next(r for r in rows if r["defense"] == "tnr")
+    assert tnr["params"]["defense"]["rec_weight"] == 10 and "train" not in tnr["params"]
+
+
+def test_rerun_skips_and_force_reruns(grid):
+    before = {p.name: p.stat().st_mtime_ns for p in (grid / "rows").iterdir()}
+    res = invoke("run", *SYN, "--attacks", "badnet_grid", "--defenses", "none,tnr", "--seeds", "0,1", "--results", grid)
+    assert "0 cell(s) run, 4 already done" in res.output
+    assert before == {p.name: p.stat().st_mtime_ns for p in (grid / "rows").iterdir()}
+    res = invoke("run", *SYN, "--attacks", "badnet_grid", "--defenses", "none", "--seeds", "0", "--results", grid, "--force")
+    assert "1 cell(s) run, 0 already done" in res.output
+    row = next(r for r in Results(grid).rows() if r["defense"] == "none" and r["seed"] == 0)
+    assert row["cached"] == {"poisoned_split": True, "backdoored_model": True}
+
+
+def test_changed_parameter_is_a_new_cell(grid, tmp_path):
+    copy = tmp_path / "r"
+    shutil.copytree(grid, copy)
+    res = invoke("run", *SYN, "--attacks", "badnet_grid", "--defenses", "tnr", "--results", copy, "--set", "defense.tnr.rec_weight=1")
+    assert "1 cell(s) run, 0 already done" in res.output
+    weights = sorted(r["params"]["defense"]["rec_weight"] for r in Results(copy).rows() if r["defense"] == "tnr" and r["seed"] == 0)
+    assert weights == [1, 10]
+
+
+@pytest.mark.parametrize("fmt", ["markdown", "latex", "csv", "html"])
+def test_table_formats(grid, fmt):
+    res = invoke("table", "--results", grid, "--format", fmt)
+    assert res.exit_code == 0, res.output
+    out = res.output
+    assert "badnet_grid" in out.replace("\\_", "_") and "Average" in out
+    if fmt == "markdown":
+        assert "| none ASR | none CA | tnr ASR | tnr CA |" in out and "±" in out
+    if fmt == "latex":
+        assert out.count(r"\begin{tabular}") == 1 and r"\textbf{" in out
+    if fmt == "csv":
+        header = out.splitlines()[0].split(",")
+        assert header[:5] == ["dataset", "budget", "attack", "defense", "seeds"] and "asr_std" in header
+    if fmt == "html":
+        assert out.startswith("<table>") and "<b>" in out
+
+
+def test_concurrent_run_is_refused_and_rows_stay_whole(grid, tmp_path):
+    copy = tmp_path / "r"
+    shutil.copytree(grid, copy)
+    with Results(copy).lock():
+        res = CliRunner().invoke(main, ["run", *SYN, "--results", str(copy), "--force"])
+    assert res.exit_code == 2
+    assert res.output.startswith("error: results directory") and "in use by another benchbd run" in res.output
+    assert res.output.count("\n") == 1
+    assert len(Results(copy).rows()) == 4
+
+
+def test_two_processes_at_once_never_interleave(tmp_path):
+    """Two real `benchbd run` processes on one directory: one runs, the other is refused (or waits
+    its turn); every row file is whole JSON and each cell appears once."""
+    cmd = [sys.executable, "-m", "benchbd", "run", *SYN, "--attacks", "badnet_grid,blend", "--defenses", "none", "--results", str(tmp_path)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    outcomes = []
+
+    def launch():
+        outcomes.append(subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300))
+
+    threads = [threading.Thread(target=launch) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    codes = sorted(o.returncode for o in outcomes)
+    assert codes in ([0, 0], [0, 2]), [o.stderr for o in outcomes]
+    if codes == [0, 2]:
+        refused = next(o for o in outcomes if o.returncode == 2)
+        assert "in use by another benchbd run" in refused.stderr
+    rows = [json.loads(p.read_text()) for p in (tmp_path / "rows").glob("*.json")]
+    assert sorted(r["attack"] for r in rows) == ["badnet_grid", "blend"]
+
+
+@pytest.mark.parametrize("args,message", [
+    (["run", "--attacks", "badnet_gird"], "unknown attack 'badnet_gird' (did you mean 'badnet_grid'?)"),
+    (["run", "--defenses", "tnrr"], "unknown defense 'tnrr' (did you mean 'tnr'?)"),
+    (["run", "--dataset", "cifar1O"], "unknown dataset 'cifar1O' (did you mean 'cifar10'?)"),
+    (["run", "--budget", "fastt"], "unknown budget 'fastt' (did you mean 'fast'?)"),
+    (["run", "--set", "attack.blend.alpha"], "malformed --set 'attack.blend.alpha'"),
+    (["run", "--set", "attack.poison_ratio=1.5"], "poison_ratio=1.5 must be in (0, 1)"),
+    (["run", "--set", "attack.target=10"], "target=10 is out of range: valid 0..9"),
+    (["run", "--set", "defense.tnr.rec_wieght=1"], "unknown parameter 'defense.tnr.rec_wieght' (did you mean 'rec_weight'?)"),
+    (["run", "--seeds", "a"], "bad --seeds 'a'"),
+    (["run", "--dataset", "cifar10", "--data-root", "{tmp}"], "cifar10.npz"),
+    (["run", "--dataset", "npz:{tmp}/missing.npz"], "does not exist"),
+    (["run", "--plugin", "no_such_module_xyz"], "cannot import plugin module 'no_such_module_xyz'"),
+    (["table", "--format", "latx", "--results", "{tmp}"], "unknown format 'latx' (did you mean 'latex'?)"),
+    (["table", "--results", "{tmp}/none"], "does not exist"),
+    (["list", "defences"], "unknown list kind 'defences' (did you mean 'defenses'?)"),
+])
+def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
+    monkeypatch.setattr("benchbd.data.datasets.Cifar10.download", lambda self, root: (_ for _ in ()).throw(OSError("offline")))
+    (tmp_path / "rows").mkdir()
+    args = [a.replace("{tmp}", str(tmp_path)) for a in args]
+    if args[0] == "run":
+        args += ["--results", str(tmp_path / "res"), "--quiet"] + ([] if "--budget" in args else ["--budget", "smoke"])
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 2, res.output
+    assert message in res.output
+    assert res.output.startswith("error: ") and res.output.count("\n") == 1 and "Traceback" not in res.output
+    assert not (tmp_path / "res" / "rows").exists()
+
+
+def test_list_shows_every_kind():
+    for kind, expected in [("attacks", "badnet_grid"), ("defenses", "poisoned training split"), ("datasets", "npz:PATH"),
+                           ("models", "wrn16_1"), ("budgets", "smoke")]:
+        res = invoke("list", kind)
+        assert res.exit_code == 0 and expected in res.output
+
+
+def test_help_lists_commands():
+    out = invoke("--help").output
+    assert all(cmd in out for cmd in ("run", "table", "list"))
+
+
+# ---- plugins: the example from docs/, through --plugin and through the entry-point group
+
+PLUGIN = REPO / "docs" / "examples" / "benchbd_example_plugin.py"
+
+
+def test_docs_show_the_complete_example_plugin():
+    assert PLUGIN.read_text().strip() in (REPO / "docs" / "plugins.md").read_text()
+
+
+def test_plugin_module_runs_without_touching_benchbd(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(PLUGIN.parent))
+    res = invoke("run", *SYN, "--plugin", "benchbd_example_plugin", "--defenses", "reinit_fc", "--results", tmp_path,
+                 "--set", "defense.reinit_fc.recipe.epochs=2")
+    assert res.exit_code == 0, res.output
+    (row,) = Results(tmp_path).rows()
+    assert row["defense"] == "reinit_fc" and row["metrics"]["trained_parameters"] > 0
+    assert row["params"]["defense"]["recipe"]["epochs"] == 2
+    assert "reinit_fc" in invoke("list", "defenses", "--plugin", "benchbd_example_plugin").output
+
+
+def test_entry_point_plugin_is_discovered(tmp_path):
+    site = tmp_path / "site"
+    dist = site / "example_plugin-1.0.dist-info"
+    dist.mkdir(parents=True)
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: example-plugin\nVersion: 1.0\n")
+    (dist / "entry_points.txt").write_text("[benchbd.plugins]\nexample = benchbd_example_plugin\n")
+    shutil.copy(PLUGIN, site)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "COLUMNS": "200"}
+    out = subprocess.run([sys.executable, "-m", "benchbd", "list", "defenses"], capture_output=True, text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "reinit_fc" in out.stdout and "example plugin" in out.stdout

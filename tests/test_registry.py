@@ -1,0 +1,46 @@
+import pytest
+
+from benchbd import attacks, defenses, models  # noqa: F401
+from benchbd.data import DATASETS
+from benchbd.errors import BenchbdError
+from benchbd.registry import Registry
+from benchbd.train import BUDGETS
+
+
+def test_register_alias_and_did_you_mean():
+    reg = Registry("widget")
+
+    @reg.register("alpha_beta", aliases=("ab",))
+    class AlphaBeta:
+        """Makes alpha into beta."""
+
+    assert reg.get("ab") is AlphaBeta
+    assert reg.resolve("ab") == "alpha_beta"
+    assert reg.entry("alpha_beta").description == "Makes alpha into beta."
+    with pytest.raises(BenchbdError, match=r"unknown widget 'alpha_betta' \(did you mean 'alpha_beta'\?\); valid: ab, alpha_beta"):
+        reg.get("alpha_betta")
+
+
+def test_duplicate_name_is_refused():
+    reg = Registry("widget")
+    reg.register("x")(type("X", (), {}))
+    with pytest.raises(BenchbdError, match="already registered"):
+        reg.register("y", aliases=("x",))(type("Y", (), {}))
+
+
+def test_expand_all_and_order():
+    reg = Registry("widget")
+    for name in ("c", "a", "b"):
+        reg.register(name)(type(name, (), {}))
+    assert reg.expand("all") == ["a", "b", "c"]
+    assert reg.expand("b, a,b") == ["b", "a"]
+    assert reg.expand("all", default_all=["a"]) == ["a"]
+    with pytest.raises(BenchbdError, match="unknown widget 'd'"):
+        reg.expand("a,d")
+
+
+@pytest.mark.parametrize("registry", [attacks.ATTACKS, defenses.DEFENSES, models.MODELS, DATASETS, BUDGETS], ids=lambda r: r.kind)
+def test_every_registered_name_has_a_description(registry):
+    assert registry.names()
+    for entry in registry.entries():
+        assert entry.description, f"{registry.kind} {entry.name} has no description"
