@@ -3,6 +3,7 @@ mean (and std over seeds) per cell; optionally the paper's numbers beside ours."
 from __future__ import annotations
 
 import html
+import json
 import math
 from dataclasses import dataclass
 from importlib import resources
@@ -46,6 +47,32 @@ def _ordered(values: pd.Series) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
+    out = {}
+    for key, value in (params or {}).items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = json.dumps(value)
+    return out
+
+
+def variant_labels(rows: pd.DataFrame, column: str, sections: tuple[str, ...]) -> pd.Series:
+    """A component's name, plus the parameters that differ where one name ran with several settings:
+    'tnr' alone, or 'tnr[rec_weight=1]' beside 'tnr[rec_weight=10]'. Seeds of one setting average."""
+    labels = rows[column].copy()
+    if "params" not in rows:
+        return labels
+    for name, group in rows.groupby(column):
+        flat = {i: {k: v for s in sections for k, v in _flatten((group.at[i, "params"] or {}).get(s), f"{s}.").items()} for i in group.index}
+        keys = sorted({k for f in flat.values() for k in f})
+        differing = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
+        for i in group.index:
+            if differing:
+                labels[i] = f"{name}[" + ", ".join(f"{k.split('.', 1)[1]}={flat[i].get(k, 'null')}" for k in differing) + "]"
+    return labels
+
+
 def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[str] | None = None, budgets: list[str] | None = None) -> list[Grid]:
     if rows.empty:
         raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
@@ -60,7 +87,12 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
     paper = paper_table() if compare == "paper" else None
     grids = []
     for (dataset, budget), part in rows.groupby(["dataset", "budget"], sort=False):
+        part = part.assign(attack_name=part["attack"], defense_name=part["defense"],
+                           attack=variant_labels(part, "attack", ("attack",)),
+                           defense=variant_labels(part, "defense", ("defense", "train", "dataset")))
         attacks, defenses = _ordered(part["attack"]), _ordered(part["defense"])
+        base_attack = dict(zip(part["attack"], part["attack_name"]))
+        base_defense = dict(zip(part["defense"], part["defense_name"]))
         grouped = part.groupby(["attack", "defense"])
         mean = {m: grouped[m].mean().unstack().reindex(index=attacks, columns=defenses) for m in METRICS}
         std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in METRICS}
@@ -72,8 +104,14 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
         if paper is not None:
             paper_name = part["paper_dataset"].iloc[0] if "paper_dataset" in part else dataset
             main = paper[paper["table"].isin([1, 2, 3]) & (paper["dataset"] == paper_name)].copy()
-            main["attack"] = main["attack"].replace({"average": AVERAGE})
-            grid.paper = {m: main.pivot_table(index="attack", columns="defense", values=m).reindex(index=mean[m].index, columns=defenses) for m in METRICS}
+            grid.paper = {}
+            for m in METRICS:
+                table = main[main["attack"] != "average"].pivot_table(index="attack", columns="defense", values=m)
+                table = table.reindex(index=[base_attack[a] for a in attacks], columns=[base_defense[d] for d in defenses])
+                table.index, table.columns = attacks, defenses
+                # the paper's average over the attacks of this grid, so the Average rows compare like with like
+                table.loc[AVERAGE] = table.mean(axis=0)
+                grid.paper[m] = table
         grids.append(grid)
     return grids
 
@@ -84,13 +122,12 @@ def _fmt(mean: float, std: float, n: float) -> str:
     return f"{mean:.2f} ± {std:.2f}" if n and n > 1 and not math.isnan(std) else f"{mean:.2f}"
 
 
-def _best(grid: Grid, attack: str) -> dict[str, str]:
-    """Best defense per metric in a row: lowest ASR, highest CA."""
+def _best(grid: Grid, attack: str) -> dict[str, set[str]]:
+    """Best defenses per metric in a row (ties included): lowest ASR, highest CA, at 2 decimals."""
     out = {}
-    for metric, pick in (("asr", "idxmin"), ("ca", "idxmax")):
-        values = grid.mean[metric].loc[attack].dropna()
-        if len(values):
-            out[metric] = getattr(values, pick)()
+    for metric, sign in (("asr", 1), ("ca", -1)):
+        values = (sign * grid.mean[metric].loc[attack].dropna()).round(2)
+        out[metric] = set(values[values == values.min()].index) if len(values) > 1 else set()
     return out
 
 
@@ -128,7 +165,7 @@ def to_markdown(grid: Grid) -> str:
         cells = []
         for d, m, k in cols:
             text, _ = _cell(grid, attack, d, m, k)
-            cells.append(f"**{text}**" if k == "ours" and best.get(m) == d and text != "–" else text)
+            cells.append(f"**{text}**" if k == "ours" and d in best.get(m, ()) and text != "–" else text)
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -151,7 +188,7 @@ def to_latex(grid: Grid) -> str:
         for d, m, k in cols:
             text, _ = _cell(grid, attack, d, m, k)
             text = text.replace("±", r"$\pm$").replace("–", "--")
-            cells.append(rf"\textbf{{{text}}}" if k == "ours" and best.get(m) == d and text != "--" else text)
+            cells.append(rf"\textbf{{{text}}}" if k == "ours" and d in best.get(m, ()) and text != "--" else text)
         out.append(f"{_tex(attack)} & " + " & ".join(cells) + r" \\")
     out += [r"\hline", r"\end{tabular}"]
     return "\n".join(out) + "\n"
@@ -167,7 +204,7 @@ def to_html(grid: Grid) -> str:
         for d, m, k in cols:
             text, _ = _cell(grid, attack, d, m, k)
             text = html.escape(text)
-            cells.append(f"<td><b>{text}</b></td>" if k == "ours" and best.get(m) == d and text != "–" else f"<td>{text}</td>")
+            cells.append(f"<td><b>{text}</b></td>" if k == "ours" and d in best.get(m, ()) and text != "–" else f"<td>{text}</td>")
         body.append(f"<tr><th>{html.escape(attack)}</th>{''.join(cells)}</tr>")
     return (f"<table>\n<caption>{html.escape(_title(grid))}</caption>\n<thead><tr><th>attack</th>{head}</tr></thead>\n"
             f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n")

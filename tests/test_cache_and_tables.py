@@ -1,0 +1,101 @@
+import re
+
+import pandas as pd
+import pytest
+import torch
+
+from benchbd.errors import BenchbdError
+from benchbd.report.tables import build_grids, render
+from benchbd.runner import Cache
+
+
+def test_cache_hit_and_corrupt_entry_is_rebuilt(tmp_path):
+    warnings = []
+    cache = Cache(tmp_path, warnings.append)
+    calls = []
+
+    def build():
+        calls.append(1)
+        return {"w": torch.arange(5.0)}
+
+    identity = {"attack": "x", "seed": 0}
+    art, hit = cache.get_or_build("poisoned", identity, build)
+    assert not hit and len(calls) == 1
+    art, hit = cache.get_or_build("poisoned", identity, build)
+    assert hit and torch.equal(art["w"], torch.arange(5.0)) and len(calls) == 1 and not warnings
+    (path,) = (tmp_path / "poisoned").glob("*.pt")
+    data = bytearray(path.read_bytes())
+    data[-10] ^= 0xFF
+    path.write_bytes(bytes(data))
+    art, hit = cache.get_or_build("poisoned", identity, build)
+    assert not hit and len(calls) == 2 and "corrupt" in warnings[0] and str(path) in warnings[0]
+    assert cache.get_or_build("poisoned", identity, build)[1]
+    assert not cache.get_or_build("poisoned", {"attack": "x", "seed": 1}, build)[1]
+
+
+def rows(values):
+    return pd.DataFrame([
+        {"dataset": "cifar10", "paper_dataset": "cifar10", "budget": "fast", "attack": a, "defense": d, "seed": s,
+         "asr": asr, "ca": ca, "finished_at": f"2026-01-01T00:00:{i:02d}"}
+        for i, (a, d, s, asr, ca) in enumerate(values)
+    ])
+
+
+DATA = rows([
+    ("badnet_grid", "none", 0, 100.0, 88.0), ("badnet_grid", "none", 1, 98.0, 90.0),
+    ("badnet_grid", "tnr", 0, 2.0, 80.0), ("badnet_grid", "tnr", 1, 4.0, 82.0),
+    ("blend", "none", 0, 99.0, 87.0), ("blend", "tnr", 0, 10.0, 85.0),
+])
+
+
+def test_grid_means_stds_and_average():
+    (grid,) = build_grids(DATA)
+    assert grid.attacks == ["badnet_grid", "blend", "Average"] and grid.defenses == ["none", "tnr"]
+    assert grid.mean["asr"].at["badnet_grid", "none"] == 99.0
+    assert grid.std["asr"].at["badnet_grid", "none"] == pytest.approx(2 ** 0.5)
+    assert grid.mean["ca"].at["Average", "tnr"] == pytest.approx((81.0 + 85.0) / 2)
+    md = render(DATA, "markdown")
+    assert "| badnet_grid | 99.00 ± 1.41 | **89.00 ± 1.41** | **3.00 ± 1.41** | 81.00 ± 1.41 |" in md
+    assert "| blend | 99.00 | **87.00** | **10.00** | 85.00 |" in md
+
+
+def test_latex_is_a_well_formed_tabular_with_bold_best():
+    tex = render(DATA, "latex")
+    spec = re.search(r"\\begin\{tabular\}\{(lr*)\}", tex).group(1)
+    body = [line for line in tex.splitlines() if line.endswith(r"\\")]
+    for line in body:
+        width = sum(int(m) for m in re.findall(r"\\multicolumn\{(\d+)\}", line)) + line.count("&") + 1 - len(re.findall(r"\\multicolumn", line))
+        assert width == len(spec), line
+    assert r"\textbf{3.00 $\pm$ 1.41}" in tex and r"\textbf{89.00 $\pm$ 1.41}" in tex
+    assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
+    assert "badnet\\_grid" in tex
+
+
+def test_compare_paper_sets_numbers_and_differences():
+    (grid,) = build_grids(DATA, compare="paper")
+    assert grid.paper["asr"].at["badnet_grid", "none"] == 99.98 and grid.paper["ca"].at["blend", "tnr"] == 83.82
+    # the paper's Average is taken over the attacks of this grid, so the rows compare like with like
+    assert grid.paper["asr"].at["Average", "tnr"] == pytest.approx((1.21 + 10.59) / 2)
+    csv = render(DATA, "csv", compare="paper")
+    line = next(l for l in csv.splitlines() if l.startswith("cifar10,fast,blend,tnr"))
+    assert "83.82" in line and "1.18" in line  # ca 85.00 vs paper 83.82
+
+
+def test_no_results_and_unknown_filters():
+    with pytest.raises(BenchbdError, match="no results yet"):
+        build_grids(pd.DataFrame())
+    with pytest.raises(BenchbdError, match=r"unknown dataset in results 'cifar' \(did you mean 'cifar10'\?\)"):
+        build_grids(DATA, datasets=["cifar"])
+
+
+def test_settings_of_one_defense_become_separate_columns():
+    data = DATA.copy()
+    data["params"] = [{"defense": {"rec_weight": 10}}] * len(data)
+    extra = rows([("badnet_grid", "tnr", 0, 30.0, 84.0), ("blend", "tnr", 0, 40.0, 86.0)])
+    extra["params"] = [{"defense": {"rec_weight": 0}}] * 2
+    extra["finished_at"] = ["2026-01-02T00:00:00", "2026-01-02T00:00:01"]
+    (grid,) = build_grids(pd.concat([data, extra], ignore_index=True), compare="paper")
+    assert grid.defenses == ["none", "tnr[rec_weight=10]", "tnr[rec_weight=0]"]
+    assert grid.mean["asr"].at["badnet_grid", "tnr[rec_weight=0]"] == 30.0
+    assert grid.mean["asr"].at["badnet_grid", "tnr[rec_weight=10]"] == 3.0
+    assert grid.paper["asr"].at["badnet_grid", "tnr[rec_weight=0]"] == 1.21
