@@ -23,7 +23,7 @@ def cifar_slice(tmp_path_factory) -> Path:
     sys.path.insert(0, str(shared_datasets()))
     import unpack
 
-    data = unpack.load("cifar10", 4000, 1000)
+    data = unpack.load("cifar10", 5000, 1000)
     path = tmp_path_factory.mktemp("data") / "cifar10.npz"
     np.savez(path, **data)
     return path

@@ -6,6 +6,7 @@ import subprocess
 import sys
 import textwrap
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -126,6 +127,8 @@ def test_two_processes_at_once_never_interleave(tmp_path):
     (["run", "--set", "attack.target=10"], "target=10 is out of range: valid 0..9"),
     (["run", "--set", "defense.tnr.rec_wieght=1"], "unknown parameter 'defense.tnr.rec_wieght' (did you mean 'rec_weight'?)"),
     (["run", "--seeds", "a"], "bad --seeds 'a'"),
+    (["run", "--set", "defense.tnr.split=9"], "defense.tnr.split=9 is out of range for WideResNet: valid 0..6 (default 5)"),
+    (["run", "--set", "dataset.model=wrn"], "unknown model 'wrn'"),
     (["run", "--dataset", "cifar10", "--data-root", "{tmp}"], "cifar10.npz"),
     (["run", "--dataset", "npz:{tmp}/missing.npz"], "does not exist"),
     (["run", "--plugin", "no_such_module_xyz"], "cannot import plugin module 'no_such_module_xyz'"),
@@ -189,3 +192,47 @@ def test_entry_point_plugin_is_discovered(tmp_path):
     out = subprocess.run([sys.executable, "-m", "benchbd", "list", "defenses"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "reinit_fc" in out.stdout and "example plugin" in out.stdout
+
+
+STALL_PLUGIN = '''
+import os
+import time
+
+from benchbd.defenses import DEFENSES, Defense, Need
+
+
+@DEFENSES.register("stall_on_seed_1")
+class StallOnSeed1(Defense):
+    """Test defense: hangs on seed 1 while BENCHBD_TEST_STALL is set, else returns the backdoored model."""
+
+    needs = frozenset({Need.BACKDOORED_MODEL})
+
+    def run(self, ctx):
+        if ctx.seed == 1 and os.environ.get("BENCHBD_TEST_STALL"):
+            time.sleep(600)
+        return ctx.backdoored_model
+'''
+
+
+def test_killed_run_keeps_finished_cells_and_resumes(tmp_path):
+    (tmp_path / "stall_plugin.py").write_text(STALL_PLUGIN)
+    results = tmp_path / "results"
+    cmd = [sys.executable, "-m", "benchbd", "run", *SYN, "--plugin", "stall_plugin", "--defenses", "stall_on_seed_1",
+           "--seeds", "0,1", "--results", str(results)]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
+    proc = subprocess.Popen(cmd, env={**env, "BENCHBD_TEST_STALL": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not list((results / "rows").glob("*.json")) and time.time() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)  # now inside the stalled seed-1 cell
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait()
+    (row,) = Results(results).rows()
+    assert row["seed"] == 0
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert "1 cell(s) run, 1 already done" in done.stdout
+    assert sorted(r["seed"] for r in Results(results).rows()) == [0, 1]

@@ -110,3 +110,17 @@ def test_missing_dataset_is_one_clear_line(tmp_path, monkeypatch):
 def test_bad_dataset_specs(spec, message):
     with pytest.raises(BenchbdError, match=message):
         parse_dataset_spec(spec)
+
+
+def test_imagenet12_takes_the_first_12_classes_at_256(tmp_path):
+    for split in ("train", "val"):
+        for c in range(13):
+            folder = tmp_path / "imagenet" / split / f"n{c:08d}"
+            folder.mkdir(parents=True)
+            Image.fromarray(np.full((300, 200, 3), c, np.uint8)).save(folder / "a.JPEG")
+    source = make("imagenet12", data_root=tmp_path)
+    data = source.load()
+    assert len(data.classes) == 12 and data.classes[-1] == "n00000011"
+    assert data.train.images.shape == (12, 256, 256, 3) and data.test.images.shape == (12, 256, 256, 3)
+    assert source.params.holdout_fraction == 0.1 and source.params.model == "resnet34"
+    assert isinstance(source.pipeline, LargeImages)

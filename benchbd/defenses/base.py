@@ -62,6 +62,9 @@ class Defense(abc.ABC):
         self.params = params
         self.name = name or type(self).__name__.lower()
 
+    def check_model(self, model: SplitNet) -> None:
+        """Refuse, before any training, parameters that do not fit the cell's architecture."""
+
     @abc.abstractmethod
     def run(self, ctx: DefenseContext) -> nn.Module:
         """The defended model (float inputs in [0, 1], logits out)."""

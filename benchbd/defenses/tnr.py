@@ -16,6 +16,7 @@ from torch import nn
 
 from ..config import check
 from ..data.augment import cutmix
+from ..errors import BenchbdError
 from ..train import TrainRecipe
 from .base import DEFENSES, Defense, DefenseContext, Frozen, Need
 
@@ -73,6 +74,11 @@ class TrapAndReplace(Defense):
 
     Params = TnRParams
     needs = frozenset({Need.POISONED_TRAIN, Need.HOLDOUT})
+
+    def check_model(self, model) -> None:
+        if self.params.split is not None and not 0 <= self.params.split <= model.num_blocks:
+            raise BenchbdError(f"defense.{self.name}.split={self.params.split} is out of range for {type(model).__name__}: "
+                               f"valid 0..{model.num_blocks} (default {model.default_split})")
 
     def run(self, ctx: DefenseContext) -> nn.Module:
         trapped = self.stage1(ctx)

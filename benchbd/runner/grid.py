@@ -106,6 +106,8 @@ class Runner:
             data = self.load(dataset)
             num_classes, image_size = len(data.classes), data.train.images.shape[1]
             recipe = build_params(TrainRecipe, self.layers.resolve("train", "normal", name), "train.normal")
+            pipeline = dataset.pipeline
+            architecture = create_model(dataset.params.model, num_classes, mean=pipeline.mean, std=pipeline.std)
             for attack_name in attack_names:
                 cls = ATTACKS.get(attack_name)
                 attack = cls(build_params(cls.Params, self.layers.resolve("attack", attack_name, name), f"attack.{attack_name}"),
@@ -113,6 +115,7 @@ class Runner:
                 for defense_name in defense_names:
                     dcls = DEFENSES.get(defense_name)
                     defense = dcls(build_params(dcls.Params, self.layers.resolve("defense", defense_name, name), f"defense.{defense_name}"), defense_name)
+                    defense.check_model(architecture)
                     for seed in seeds:
                         cells.append(Cell(spec if path else name, dataset, data, attack, defense, seed, budget, recipe))
         return cells
