@@ -82,6 +82,15 @@ class Dataset(abc.ABC):
         return LoadedData(train, test, data.classes)
 
 
+def file_signature(path: Path) -> dict | None:
+    """Size and modification time, so a cached artifact is rebuilt when the data file changes."""
+    try:
+        st = Path(path).stat()
+    except OSError:
+        return None
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns}
+
+
 def _split(x: np.ndarray, y: np.ndarray) -> Split:
     return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
@@ -111,7 +120,9 @@ class TorchvisionDataset(Dataset):
     npz_name = ""
 
     def identity(self) -> dict:
-        return {**super().identity(), "npz": self.npz_name}
+        # Size only: a standard dataset copied to another machine keeps its cells and cache.
+        signature = file_signature(self.data_root / self.npz_name)
+        return {**super().identity(), "npz": self.npz_name, "size": signature and signature["size"]}
 
     def read(self) -> LoadedData:
         npz = self.data_root / self.npz_name
@@ -178,6 +189,9 @@ class NpzDataset(Dataset):
     """Any data as npz:PATH (x_train, y_train, x_test, y_test uint8 NHWC; optional classes)."""
 
     takes_path = True
+
+    def identity(self) -> dict:
+        return {**super().identity(), "file": file_signature(Path(self.path or ""))}
 
     def read(self) -> LoadedData:
         path = Path(self.path or "")

@@ -47,6 +47,12 @@ def _ordered(values: pd.Series) -> list[str]:
     return list(dict.fromkeys(values))
 
 
+def _paper_order(labels: list[str], base: dict[str, str], column: str) -> list[str]:
+    """The paper's row/column order for its methods; others (plugins) after, as they first ran."""
+    rank = {name: i for i, name in enumerate(_ordered(paper_table()[column]))}
+    return sorted(labels, key=lambda label: rank.get(base[label], len(rank)))
+
+
 def _flatten(params: dict, prefix: str = "") -> dict[str, str]:
     out = {}
     for key, value in (params or {}).items():
@@ -76,7 +82,7 @@ def variant_labels(rows: pd.DataFrame, column: str, sections: tuple[str, ...]) -
 def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[str] | None = None, budgets: list[str] | None = None) -> list[Grid]:
     if rows.empty:
         raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
-    rows = rows.sort_values("finished_at")
+    rows = rows.sort_values("finished_at", kind="stable")
     for column, chosen in (("dataset", datasets), ("budget", budgets)):
         if chosen:
             present = _ordered(rows[column])
@@ -90,9 +96,10 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
         part = part.assign(attack_name=part["attack"], defense_name=part["defense"],
                            attack=variant_labels(part, "attack", ("attack",)),
                            defense=variant_labels(part, "defense", ("defense", "train", "dataset")))
-        attacks, defenses = _ordered(part["attack"]), _ordered(part["defense"])
         base_attack = dict(zip(part["attack"], part["attack_name"]))
         base_defense = dict(zip(part["defense"], part["defense_name"]))
+        attacks = _paper_order(_ordered(part["attack"]), base_attack, "attack")
+        defenses = _paper_order(_ordered(part["defense"]), base_defense, "defense")
         grouped = part.groupby(["attack", "defense"])
         mean = {m: grouped[m].mean().unstack().reindex(index=attacks, columns=defenses) for m in METRICS}
         std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in METRICS}
