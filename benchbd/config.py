@@ -125,6 +125,10 @@ class Layers:
                 values = deep_merge(values, _nest(path[1:], value))
         return values
 
+    def params(self, kind: str, name: str, dataset: str, cls: type, **overrides):
+        """The typed, validated parameters of one component on one dataset (`overrides` last)."""
+        return build_params(cls, {**self.resolve(kind, name, dataset), **overrides}, f"{kind}.{name}")
+
     def check_names(self, kind: str, known: typing.Iterable[str]) -> None:
         """Refuse a user-config section or a --set that names a component that does not exist."""
         known = set(known) | {ALL}

@@ -11,17 +11,16 @@ def names() -> list[str]:
 
 def create(name: str, dataset: str = "cifar10", num_classes: int | None = None, image_size: int | None = None, **params) -> Attack:
     """An attack with the layered defaults for `dataset`, overridden by `params`."""
-    from ..config import Layers, build_params
+    from ..config import Layers
     from ..data import DATASETS
 
     canonical = ATTACKS.resolve(name)
     cls = ATTACKS.get(canonical)
     dataset = DATASETS.resolve(dataset) if dataset in DATASETS else dataset
-    values = {**Layers().resolve("attack", canonical, dataset), **params}
     source = DATASETS.get(dataset) if dataset in DATASETS else None
     num_classes = num_classes or getattr(source, "num_classes", None) or 10
     image_size = image_size or getattr(source, "image_size", None) or 32
-    return cls(build_params(cls.Params, values, f"attack.{canonical}"), num_classes, image_size, canonical)
+    return cls(Layers().params("attack", canonical, dataset, cls.Params, **params), num_classes, image_size, canonical)
 
 
 __all__ = ["ATTACKS", "Attack", "AttackParams", "create", "names"]

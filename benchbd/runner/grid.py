@@ -16,7 +16,7 @@ import torch
 
 from .. import __version__
 from ..attacks import ATTACKS, Attack
-from ..config import Layers, as_dict, build_params
+from ..config import Layers, as_dict
 from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, parse_dataset_spec, split_holdout
 from ..defenses import DEFENSES, Defense, DefenseContext, Need
 from ..errors import BenchbdError
@@ -101,20 +101,19 @@ class Runner:
         for spec in datasets:
             name, path = parse_dataset_spec(spec)
             source = DATASETS.get(name)
-            dataset = source(build_params(source.Params, self.layers.resolve("dataset", name, name), f"dataset.{name}"), self.data_root, path)
+            dataset = source(self.layers.params("dataset", name, name, source.Params), self.data_root, path)
             MODELS.resolve(dataset.params.model)
             data = self.load(dataset)
             num_classes, image_size = len(data.classes), data.train.images.shape[1]
-            recipe = build_params(TrainRecipe, self.layers.resolve("train", "normal", name), "train.normal")
+            recipe = self.layers.params("train", "normal", name, TrainRecipe)
             pipeline = dataset.pipeline
             architecture = create_model(dataset.params.model, num_classes, mean=pipeline.mean, std=pipeline.std)
             for attack_name in attack_names:
                 cls = ATTACKS.get(attack_name)
-                attack = cls(build_params(cls.Params, self.layers.resolve("attack", attack_name, name), f"attack.{attack_name}"),
-                             num_classes, image_size, attack_name)
+                attack = cls(self.layers.params("attack", attack_name, name, cls.Params), num_classes, image_size, attack_name)
                 for defense_name in defense_names:
                     dcls = DEFENSES.get(defense_name)
-                    defense = dcls(build_params(dcls.Params, self.layers.resolve("defense", defense_name, name), f"defense.{defense_name}"), defense_name)
+                    defense = dcls(self.layers.params("defense", defense_name, name, dcls.Params), defense_name)
                     defense.check_model(architecture)
                     for seed in seeds:
                         cells.append(Cell(spec if path else name, dataset, data, attack, defense, seed, budget, recipe))
