@@ -130,6 +130,38 @@ def run(datasets, attacks, defenses, seeds, budget, results_dir, cache_dir, data
 
 
 @main.command()
+@click.argument("what", default="attacks")
+@click.option("--dataset", default="cifar10-mini", show_default=True, help="Dataset whose test image is shown.")
+@click.option("--attacks", default="all", show_default=True, help="Comma-separated attack names, or 'all'.")
+@click.option("--index", default=0, show_default=True, help="Which non-target test image (0 = the first).")
+@click.option("--amplify", default=5.0, show_default=True, help="Factor on the difference image.")
+@click.option("--out", default="gallery.png", show_default=True, type=click.Path(dir_okay=False), help="PNG to write.")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False))
+@click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE")
+@plugin_option
+def show(what, dataset, attacks, index, amplify, out, data_root, sets, plugins):
+    """Draw the trigger gallery: per attack, a clean test image, its triggered version, the difference."""
+    _load_plugins(plugins)
+    from .attacks import ATTACKS
+    from .config import Layers, parse_set
+    from .report.gallery import attack_gallery
+    from .runner import Cache, Results, Runner
+
+    import torch
+
+    if what != "attacks":
+        raise unknown("thing to show", what, ["attacks"])
+    runner = Runner(Results("."), Cache("."), Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
+    label, name, _, data = runner.dataset(dataset)
+    chosen = [runner.attack(a, name, data) for a in ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])]
+    candidates = torch.nonzero(data.test.labels != chosen[0].params.target).flatten()
+    if not 0 <= index < len(candidates):
+        raise BenchbdError(f"--index {index} is out of range: valid 0..{len(candidates) - 1}")
+    path = attack_gallery(chosen, data.test.images[candidates[index]], out, amplify, f"{label}: triggers")
+    click.echo(f"wrote {path}")
+
+
+@main.command()
 @click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--format", "fmt", default="markdown", show_default=True, help="markdown, latex, csv or html.")
 @click.option("--compare", default=None, help="'paper': the paper's numbers and the difference beside ours.")

@@ -127,6 +127,8 @@ class Trainer:
         epochs = self.budget.epochs(recipe.epochs)
         schedule = make_schedule(recipe, optimizer, epochs)
         images, labels = data.images.to(self.device), data.labels.to(self.device)
+        attacker_loss = getattr(data, "training_loss", None)  # an attack that controls training (lba_k)
+        poisoned = data.poison_mask.to(self.device) if attacker_loss is not None else None
         n, bs = len(labels), recipe.batch_size
         steps = math.ceil(n / bs) if n % bs != 1 else n // bs  # a last batch of one breaks BatchNorm
         if self.budget.max_steps_per_epoch is not None:
@@ -142,6 +144,8 @@ class Trainer:
                 x = self.pipeline.train(images[index], gen)
                 with self.autocast():
                     value = loss(model, x, labels[index], gen)
+                    if attacker_loss is not None:
+                        value = value + attacker_loss(model, x, labels[index], poisoned[index])
                 optimizer.zero_grad(set_to_none=True)
                 value.backward()
                 optimizer.step()

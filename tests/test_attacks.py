@@ -1,41 +1,137 @@
+"""Golden tests: each trigger against SPEC section 3's rule, computed here independently in numpy."""
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from benchbd import attacks
+from benchbd.attacks import AttackTools
 from benchbd.attacks.base import asset_path
+from benchbd.attacks.lcba import four_corners
 from benchbd.data import Split
+from benchbd.data.augment import SmallImages
 from benchbd.errors import BenchbdError
+from benchbd.models import create_model
+from benchbd.train import Budget, Trainer, TrainRecipe
 
 from .conftest import random_images
 
-
-def test_badnet_grid_golden():
-    x = random_images(6)
-    out = attacks.create("badnet_grid", dataset="cifar10").apply(x)
-    expected = x.numpy().copy()
-    grid = np.array([[0, 0, 255], [0, 255, 0], [255, 0, 255]], np.uint8)
-    expected[:, 29:32, 29:32, :] = grid[None, :, :, None]
-    assert np.array_equal(out.numpy(), expected)
-    assert out.dtype == torch.uint8 and torch.equal(x[:, :29], out[:, :29]) and torch.equal(x[:, :, :29], out[:, :, :29])
+X = random_images(6)
+XN = X.numpy().astype(np.float64)
+GRID = np.array([[0, 0, 255], [0, 255, 0], [255, 0, 255]], np.uint8)
 
 
-def test_badnet_grid_imagenet_cells():
+def png(name):
+    with asset_path(name).open("rb") as f:
+        return np.asarray(Image.open(f).convert("RGB")).astype(np.float64)
+
+
+def npy(name):
+    with asset_path(name).open("rb") as f:
+        return np.load(f).astype(np.float64)
+
+
+def finish(y):
+    return np.clip(np.round(y), 0, 255)
+
+
+def sig_rule(width=32):
+    cols = np.arange(width) * 32 / width
+    return np.mod(np.trunc(20 * np.sin(0.8 * cols)), 256)
+
+
+def grid_at(x, top, left):
+    x = x.copy()
+    x[:, top:top + 3, left:left + 3, :] = GRID[None, :, :, None]
+    return x
+
+
+EXPECTED = {
+    "badnet_grid": lambda x: grid_at(x, 29, 29),
+    "badnet_white": lambda x: np.where(np.pad(np.ones((4, 4)), ((27, 1), (27, 1)))[None, :, :, None] > 0, 255, x),
+    "blend": lambda x: finish(0.8 * x + 0.2 * 5 * png("blend_kitty_x0.2.png")),
+    "l0_invisible": lambda x: finish(x * (1 - npy("l0_invisible_mask.npy").transpose(1, 2, 0)) + png("l0_invisible.png")),
+    "l2_invisible": lambda x: finish(x + png("l2_invisible.png")),
+    "trojan_sq": lambda x: finish(x + npy("trojan_sq_3x3.npy")),
+    "trojan_wm": lambda x: finish(x + png("trojan_wm.png")),
+    "sig": lambda x: finish(0.8 * x + 0.2 * sig_rule()[None, None, :, None]),
+    "lcba": lambda x: grid_at(grid_at(grid_at(grid_at(x, 0, 0), 0, 29), 29, 0), 29, 29),
+    "lba_10": lambda x: grid_at(x, 29, 29),
+    "lba_12": lambda x: grid_at(x, 29, 29),
+    "lba_14": lambda x: grid_at(x, 29, 29),
+}
+
+
+def smooth_rule(x, dataset):
+    y = x + 255 * npy(f"smooth_{dataset}.npy")[0]
+    lo, hi = y.min(axis=(1, 2, 3), keepdims=True), y.max(axis=(1, 2, 3), keepdims=True)
+    return finish((y - lo) / (hi - lo) * 255)
+
+
+EXPECTED["smooth"] = lambda x: smooth_rule(x, "cifar10")
+# Where each patch trigger writes (rows, cols); everything else must stay untouched.
+REGIONS = {"badnet_grid": [(slice(29, 32), slice(29, 32))], "badnet_white": [(slice(27, 31), slice(27, 31))],
+           "l0_invisible": [(slice(31, 32), slice(23, 32))], "trojan_sq": [(slice(25, 28), slice(25, 28))],
+           "lcba": [(slice(a, a + 3), slice(b, b + 3)) for a in (0, 29) for b in (0, 29)]}
+
+
+def test_every_attack_has_a_golden_rule():
+    assert set(EXPECTED) == set(attacks.names())
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_apply_matches_the_spec_rule(name):
+    out = attacks.create(name, dataset="cifar10").apply(X)
+    assert out.dtype == torch.uint8 and out.shape == X.shape
+    assert np.abs(out.numpy().astype(np.float64) - EXPECTED[name](XN)).max() <= 1
+    if name in REGIONS:
+        outside = np.ones((32, 32), bool)
+        for rows, cols in REGIONS[name]:
+            outside[rows, cols] = False
+        assert np.array_equal(out.numpy()[:, outside], X.numpy()[:, outside])
+
+
+def test_smooth_uses_the_gtsrb_pattern_on_gtsrb():
+    out = attacks.create("smooth", dataset="gtsrb").apply(X).numpy().astype(np.float64)
+    assert np.abs(out - smooth_rule(XN, "gtsrb")).max() <= 1
+    assert attacks.create("smooth", dataset="gtsrb").identity()["assets"] != attacks.create("smooth", dataset="cifar10").identity()["assets"]
+
+
+def test_sig_values_are_the_abl_file_values():
+    s = sig_rule()
+    assert s[0] == 0 and s[1] == 14 and s[4] == 256 - 1  # trunc(20 sin 3.2) = -1 wraps to 255
+    assert set(np.unique(s)) <= set(range(0, 21)) | set(range(236, 256))
+
+
+def test_imagenet_variants():
     x = random_images(2, size=256)
-    out = attacks.create("badnet_grid", dataset="imagenet12").apply(x).numpy()
-    assert (out[:, 32:42, 32:42] == 0).all() and (out[:, 32:42, 52:62] == 255).all() and (out[:, 42:52, 42:52] == 255).all()
-    assert np.array_equal(out[:, 62:], x.numpy()[:, 62:])
+    xn = x.numpy().astype(np.float64)
+    grid = attacks.create("badnet_grid", dataset="imagenet12").apply(x).numpy()
+    assert (grid[:, 32:42, 32:42] == 0).all() and (grid[:, 32:42, 52:62] == 255).all() and (grid[:, 42:52, 42:52] == 255).all()
+    assert np.array_equal(grid[:, 62:], x.numpy()[:, 62:]) and np.array_equal(grid[:, :, :32], x.numpy()[:, :, :32])
+    sig = attacks.create("sig", dataset="imagenet12").apply(x).numpy().astype(np.float64)
+    assert np.abs(sig - finish(0.8 * xn + 0.2 * sig_rule(256)[None, None, :, None])).max() <= 1
+    wm = attacks.create("trojan_wm", dataset="imagenet12").apply(x).numpy().astype(np.float64)
+    small = png("trojan_wm.png")
+    big = torch.nn.functional.interpolate(torch.tensor(small).permute(2, 0, 1)[None], size=(256, 256), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    assert np.abs(wm - finish(xn + big)).max() <= 1 and (wm >= xn - 1e-9).all()  # added in float: no wrap-around
+    blend = attacks.create("blend", dataset="imagenet12").apply(x)
+    assert blend.shape == x.shape
 
 
-def test_blend_golden():
-    x = random_images(6)
-    with asset_path("blend_kitty_x0.2.png").open("rb") as f:
-        kitty = np.asarray(Image.open(f).convert("RGB")).astype(np.float64) * 5  # the file holds 0.2 t
-    expected = np.clip(np.round(0.8 * x.numpy().astype(np.float64) + 0.2 * kitty), 0, 255)
-    out = attacks.create("blend", dataset="cifar10").apply(x).numpy().astype(np.float64)
-    assert np.abs(out - expected).max() <= 1
-    assert np.abs(attacks.create("blend", dataset="cifar10", alpha=0.5).apply(x).numpy() - out).max() > 10
+@pytest.mark.parametrize("name", ["badnet_white", "l0_invisible", "l2_invisible", "smooth", "trojan_sq", "lcba", "lba_12"])
+def test_attacks_the_paper_does_not_run_on_imagenet_are_refused(name):
+    with pytest.raises(BenchbdError, match=f"attack {name} has no trigger for 256x256 images; it is defined for sizes 32"):
+        attacks.create(name, dataset="imagenet12")
+
+
+def tiny_tools(train: Split) -> AttackTools:
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=1, max_steps_per_epoch=2), "cpu", 0)
+
+    def train_cached(purpose, data):
+        return trainer.fit(create_model("wrn16_1", 10), data, TrainRecipe(epochs=1, batch_size=32), desc=purpose)
+
+    return AttackTools(trainer, train, train_cached)
 
 
 def _labelled(n=200, classes=10, seed=1):
@@ -47,18 +143,68 @@ def _labelled(n=200, classes=10, seed=1):
 def test_poisoning_counts_labels_and_determinism(name):
     train = _labelled()
     atk = attacks.create(name, dataset="cifar10")
-    p = atk.poison(train, full_train_size=250, seed=3)
-    assert len(p.poisoned) == int(0.1 * 250)
+    tools = tiny_tools(train)
+    p = atk.poison(train, full_train_size=250, seed=3, tools=tools)
+    n_target = int((train.labels == 0).sum())
+    assert len(p.poisoned) == (min(25, n_target) if atk.clean_label else 25)
     if atk.clean_label:
         assert torch.equal(p.labels, train.labels) and (train.labels[p.poisoned] == 0).all()
     else:
         assert (p.labels[p.poisoned] == 0).all() and (train.labels[p.poisoned] != 0).all()
     untouched = ~p.poison_mask
     assert torch.equal(p.images[untouched], train.images[untouched]) and torch.equal(p.labels[untouched], train.labels[untouched])
-    assert torch.equal(p.images[p.poisoned], atk.apply(train.images[p.poisoned]))
-    again = atk.poison(train, 250, seed=3)
-    assert torch.equal(again.images, p.images) and torch.equal(again.poisoned, p.poisoned)
-    assert not torch.equal(atk.poison(train, 250, seed=4).poisoned, p.poisoned)
+    if not atk.trains_surrogate:
+        assert torch.equal(p.images[p.poisoned], atk.apply(train.images[p.poisoned]))
+    torch.manual_seed(0)
+    again = atk.poison(train, 250, seed=3, tools=tools)
+    assert torch.equal(again.poisoned, p.poisoned)
+    if not atk.trains_surrogate:  # lcba's images also depend on its surrogate, a trained model
+        assert torch.equal(again.images, p.images)
+    other = atk.poison(train, 250, seed=4, tools=tools)
+    assert not torch.equal(other.poisoned, p.poisoned) or atk.clean_label and len(p.poisoned) == n_target
+
+
+def test_clean_label_at_ratio_0_1_takes_every_target_image():
+    train = Split(random_images(100), torch.arange(100) % 10)  # 10 target images, 10 requested at ratio 0.1
+    p = attacks.create("sig", dataset="cifar10").poison(train, 100, seed=0)
+    assert sorted(p.poisoned.tolist()) == list(range(0, 100, 10))
+
+
+def test_lcba_perturbation_respects_eps_and_stamps_corners():
+    train = _labelled(120)
+    atk = attacks.create("lcba", dataset="cifar10")
+    p = atk.poison(train, 400, seed=0, tools=tiny_tools(train))
+    before, after = train.images[p.poisoned].int(), p.images[p.poisoned].int()
+    corners = torch.zeros(32, 32, dtype=torch.bool)
+    for a in (0, 29):
+        for b in (0, 29):
+            corners[a:a + 3, b:b + 3] = True
+    delta = (after - before)[:, ~corners]
+    assert delta.abs().max() <= 16 and delta.abs().float().mean() > 1  # perturbed, within 16/255
+    assert torch.equal(p.images[p.poisoned], four_corners(p.images[p.poisoned]))
+    assert torch.equal(atk.apply(train.images)[:, ~corners], train.images[:, ~corners])  # test trigger: corners only
+
+
+def test_lba_loss_pulls_poisoned_features_to_the_target_class():
+    atk = attacks.create("lba_12", dataset="cifar10")
+    assert atk.block == 5 and attacks.create("lba_10").block == 4 and attacks.create("lba_14").block == 6
+    net = create_model("wrn16_1", 10)
+    x = torch.rand(8, 3, 32, 32)
+    y = torch.tensor([0, 0, 0, 1, 2, 0, 0, 3])
+    poisoned = torch.tensor([False, False, False, False, False, True, True, False])
+    loss = atk.training_loss(net, x, y, poisoned)
+    assert loss > 0
+    loss.backward()
+    assert net.units[1].conv1.weight.grad.abs().sum() > 0  # below the layer: trained by the latent loss
+    assert net.units[6].conv1.weight.grad is None            # above it: untouched by this loss
+    stem = net.stem(5)
+    with torch.no_grad():
+        x2 = x.clone()
+        x2[5:7] = x[0:2]  # poisoned images that already look like the target class: loss at the anchor spread
+        expected = (stem(x2[5:7]) - stem(x2[[0, 1, 2]]).mean(0)).pow(2).mean()
+    assert torch.allclose(atk.training_loss(net, x2, y, poisoned), expected, atol=1e-6)
+    assert atk.training_loss(net, x, y, torch.zeros(8, dtype=torch.bool)) == 0
+    assert not attacks.ATTACKS.get("lba_12").in_all
 
 
 def test_backdoor_test_set_excludes_target():
@@ -68,16 +214,24 @@ def test_backdoor_test_set_excludes_target():
     assert len(bd) == int((test.labels != 3).sum()) and (bd.labels != 3).all()
 
 
-@pytest.mark.parametrize("params,message", [
-    ({"poison_ratio": 1.5}, r"attack.blend: poison_ratio=1.5 must be in \(0, 1\)"),
-    ({"poison_ratio": 0}, r"poison_ratio=0.0 must be in \(0, 1\)"),
-    ({"target": 10}, r"attack.blend.target=10 is out of range: valid 0..9"),
-    ({"alpha": 2}, r"alpha=2.0 must be in \(0, 1\]"),
+@pytest.mark.parametrize("name,params,message", [
+    ("blend", {"poison_ratio": 1.5}, r"attack.blend: poison_ratio=1.5 must be in \(0, 1\)"),
+    ("blend", {"poison_ratio": 0}, r"poison_ratio=0.0 must be in \(0, 1\)"),
+    ("blend", {"target": 10}, r"attack.blend.target=10 is out of range: valid 0..9"),
+    ("blend", {"alpha": 2}, r"alpha=2.0 must be in \(0, 1\]"),
+    ("smooth", {"trigger": "imagenet"}, r"attack.smooth.trigger='imagenet' is invalid; valid: cifar10, gtsrb"),
+    ("lcba", {"epsilon": 0}, r"epsilon=0.0 must be in \(0, 255\]"),
+    ("lba_12", {"trigger": "sig"}, r"attack.lba_12.trigger='sig' is invalid; valid: badnet_grid, badnet_white"),
 ])
-def test_bad_attack_parameters(params, message):
+def test_bad_attack_parameters(name, params, message):
     with pytest.raises(BenchbdError, match=message):
-        attacks.create("blend", dataset="cifar10", **params)
+        attacks.create(name, dataset="cifar10", **params)
 
 
 def test_gtsrb_default_target_is_one():
     assert attacks.create("badnet_grid", dataset="gtsrb").params.target == 1
+
+
+def test_asset_or_parameter_change_changes_the_cache_identity():
+    a, b = attacks.create("blend"), attacks.create("blend", alpha=0.1)
+    assert a.identity() != b.identity() and a.identity()["assets"] != attacks.create("l2_invisible").identity()["assets"]

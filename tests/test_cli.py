@@ -236,3 +236,27 @@ def test_killed_run_keeps_finished_cells_and_resumes(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "1 cell(s) run, 1 already done" in done.stdout
     assert sorted(r["seed"] for r in Results(results).rows()) == [0, 1]
+
+
+def test_every_attack_runs_end_to_end(tmp_path):
+    from benchbd.attacks import ATTACKS
+
+    res = invoke("run", *SYN, "--attacks", "all,lba_12", "--defenses", "none,tnr", "--results", tmp_path)
+    assert res.exit_code == 0, res.output
+    rows = Results(tmp_path).rows()
+    in_all = {n for n in ATTACKS.names() if not n.startswith("lba_")}
+    assert {r["attack"] for r in rows} == in_all | {"lba_12"} and len(rows) == 2 * (len(in_all) + 1)
+    assert len(list((tmp_path / "cache" / "lcba_surrogate").glob("*.pt"))) == 1  # built once, shared by both defenses
+    assert len(list((tmp_path / "cache" / "poisoned").glob("*.pt"))) == len(in_all) + 1
+
+
+def test_show_attacks_draws_the_gallery(tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "gallery.png"
+    res = invoke("show", "attacks", "--dataset", "synthetic", "--attacks", "badnet_grid,blend,sig", "--out", out)
+    assert res.exit_code == 0, res.output
+    with Image.open(out) as im:
+        assert im.size == (720, 780)  # three columns (1.6 in each) of three rows, 150 dpi
+    res = CliRunner().invoke(main, ["show", "attacks", "--dataset", "synthetic", "--index", "100000", "--out", str(out)])
+    assert res.exit_code == 2 and "--index 100000 is out of range" in res.output

@@ -15,8 +15,10 @@ def test_badnet_grid_backdoor_is_learned(cifar_slice, tmp_path):
     # Control: how often the same model calls a clean non-target test image "target" (its chance rate).
     splits = split_holdout(cell.data.train, cell.data.test, 10, 0.05, 0)
     trainer = Trainer(cell.dataset.pipeline, BUDGETS.get("demo"), "cpu", 0)
-    poisoned, _ = runner.poisoned_split(cell, splits)
-    model, from_cache = runner.backdoored_model(cell, splits, poisoned, trainer, lambda dropout=0.0: create_model("wrn16_1", 10))
+    new_model = lambda dropout=0.0: create_model("wrn16_1", 10)  # noqa: E731
+    poisoned, _ = runner.poisoned_split(cell, splits, trainer, new_model)
+    model, from_cache = runner.trained_model(cell, trainer, new_model, "backdoored", {"poison": cell.poison_identity()},
+                                             poisoned.plus_clean(splits.holdout))
     assert from_cache
     clean = splits.test.subset(splits.test.labels != 0)
     control = 100 * (trainer.predict(model, clean.images) == 0).double().mean().item()

@@ -1,8 +1,10 @@
 """Attacks: `names()`, `create(name, dataset=..., **params)`, and the registry."""
 from __future__ import annotations
 
-from . import badnet, blend  # noqa: F401  (registration)
-from .base import ATTACKS, Attack, AttackParams
+from . import (  # noqa: F401  (registration)
+    badnet_grid, badnet_white, blend, l0_invisible, l2_invisible, lba, lcba, sig, smooth, trojan_sq, trojan_wm,
+)
+from .base import ATTACKS, Attack, AttackParams, AttackTools
 
 
 def names() -> list[str]:
@@ -23,4 +25,4 @@ def create(name: str, dataset: str = "cifar10", num_classes: int | None = None, 
     return cls(Layers().params("attack", canonical, dataset, cls.Params, **params), num_classes, image_size, canonical)
 
 
-__all__ = ["ATTACKS", "Attack", "AttackParams", "create", "names"]
+__all__ = ["ATTACKS", "Attack", "AttackParams", "AttackTools", "create", "names"]

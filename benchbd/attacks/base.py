@@ -9,10 +9,13 @@ import abc
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
+from typing import Callable
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from PIL import Image
+from torch import nn
 
 from ..config import as_dict, check
 from ..data.splits import PoisonedSplit, Split
@@ -33,6 +36,15 @@ class AttackParams:
         check(self.target >= 0, f"target={self.target} must be a class index >= 0")
 
 
+@dataclass
+class AttackTools:
+    """What an attack that trains a model of its own (lcba's surrogate) gets from the runner."""
+
+    trainer: object                                   # benchbd.train.Trainer of the cell
+    clean_train: Split                                # the training split before poisoning
+    train_cached: Callable[[str, Split], nn.Module]   # (purpose, data) -> a model normally trained on data, cached
+
+
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
     return x.round().clamp_(0, 255).to(torch.uint8)
 
@@ -41,9 +53,20 @@ def asset_path(name: str):
     return resources.files("benchbd.attacks").joinpath("assets", name)
 
 
-def load_png(name: str) -> np.ndarray:
-    with asset_path(name).open("rb") as f, Image.open(f) as im:
-        return np.asarray(im.convert("RGB"))
+def load_asset(name: str) -> torch.Tensor:
+    """A trigger file as float32: PNGs as RGB [H, W, 3] in 0-255, .npy as stored."""
+    with asset_path(name).open("rb") as f:
+        if name.endswith(".npy"):
+            return torch.from_numpy(np.load(f).astype(np.float32))
+        with Image.open(f) as im:
+            return torch.from_numpy(np.asarray(im.convert("RGB")).astype(np.float32))
+
+
+def resize_hwc(pattern: torch.Tensor, size: int) -> torch.Tensor:
+    """Bilinear resize of a float [H, W, C] pattern to [size, size, C]."""
+    if pattern.shape[0] == size:
+        return pattern
+    return F.interpolate(pattern.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
 
 
 class Attack(abc.ABC):
@@ -51,9 +74,11 @@ class Attack(abc.ABC):
 
     Params = AttackParams
     clean_label = False
-    in_all = True          # expanded by `--attacks all`
-    version = 1            # bump when the trigger changes: cached poisoned splits are rebuilt
+    in_all = True                     # expanded by `--attacks all`
+    version = 1                       # bump when the trigger changes: cached poisoned splits are rebuilt
     assets: tuple[str, ...] = ()
+    image_sizes: tuple[int, ...] = (32,)  # image sizes this trigger is defined for
+    trains_surrogate = False          # poisoning trains a model through AttackTools (lcba)
 
     def __init__(self, params: AttackParams, num_classes: int, image_size: int, name: str = ""):
         self.params = params
@@ -62,10 +87,21 @@ class Attack(abc.ABC):
         self.name = name or type(self).__name__.lower()
         if params.target >= num_classes:
             raise BenchbdError(f"attack.{self.name}.target={params.target} is out of range: valid 0..{num_classes - 1}")
+        if image_size not in self.image_sizes:
+            raise BenchbdError(f"attack {self.name} has no trigger for {image_size}x{image_size} images; "
+                               f"it is defined for sizes {', '.join(map(str, self.image_sizes))}")
 
     @abc.abstractmethod
     def apply(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> the same batch with the trigger, uint8 [N, H, W, 3]."""
+        """uint8 [N, H, W, 3] -> the same batch with the test-time trigger, uint8 [N, H, W, 3]."""
+
+    def poison_images(self, images: torch.Tensor, labels: torch.Tensor, tools: AttackTools | None, seed: int) -> torch.Tensor:
+        """The training-time trigger; the test-time one unless an attack differs (lcba)."""
+        return self.apply(images)
+
+    # An attack that controls training (lba_k) sets this to a function
+    # (model, x, y, poisoned_mask) -> extra loss, added whenever a model trains on its poisoned split.
+    training_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
 
     def identity(self) -> dict:
         """Everything that determines the poisoned split, for cache keys."""
@@ -74,7 +110,7 @@ class Attack(abc.ABC):
             digest.update(asset_path(name).read_bytes())
         return {"attack": self.name, "params": as_dict(self.params), "version": self.version, "assets": digest.hexdigest()[:16]}
 
-    def poison(self, train: Split, full_train_size: int, seed: int) -> PoisonedSplit:
+    def poison(self, train: Split, full_train_size: int, seed: int, tools: AttackTools | None = None) -> PoisonedSplit:
         """Dirty label: int(ratio x full size) non-target images, triggered and relabelled.
         Clean label: up to that many target-class images, triggered, labels kept."""
         target = self.params.target
@@ -86,7 +122,7 @@ class Attack(abc.ABC):
         order = torch.randperm(len(pool), generator=generator(seed, f"poison:{self.name}"))
         chosen = pool[order[: min(n_poison, len(pool))]].sort().values
         images, labels = train.images.clone(), train.labels.clone()
-        images[chosen] = self.apply(train.images[chosen])
+        images[chosen] = self.poison_images(train.images[chosen], train.labels[chosen], tools, seed)
         if not self.clean_label:
             labels[chosen] = target
         return PoisonedSplit(images, labels, poisoned=chosen)
@@ -95,3 +131,21 @@ class Attack(abc.ABC):
         """The ASR set: test images whose true label is not the target, with the trigger applied."""
         keep = test.labels != self.params.target
         return Split(self.apply(test.images[keep]), test.labels[keep])
+
+
+class AdditiveAttack(Attack):
+    """x' = x (1 - mask) + pattern, in float (mask absent: x + pattern). Patterns are [H, W, 3]."""
+
+    @abc.abstractmethod
+    def pattern(self) -> torch.Tensor:
+        """The float [H, W, 3] pattern added to the image (resized to the image if needed)."""
+
+    def mask(self) -> torch.Tensor | None:
+        return None
+
+    def apply(self, images: torch.Tensor) -> torch.Tensor:
+        x = images.float()
+        mask = self.mask()
+        if mask is not None:
+            x = x * (1 - mask.to(x.device))
+        return to_uint8(x + resize_hwc(self.pattern(), images.shape[1]).to(x.device))

@@ -3,12 +3,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..config import check
-from .base import ATTACKS, Attack, AttackParams, load_png, to_uint8
+from .base import ATTACKS, Attack, AttackParams, load_asset, resize_hwc, to_uint8
 
 KITTY_FILE = "blend_kitty_x0.2.png"  # stores 0.2 t, so t = 5 x file
 
@@ -28,14 +26,11 @@ class Blend(Attack):
 
     Params = BlendParams
     assets = (KITTY_FILE,)
+    image_sizes = (32, 256)
 
     def __init__(self, params, num_classes, image_size, name="blend"):
         super().__init__(params, num_classes, image_size, name)
-        picture = torch.from_numpy(load_png(KITTY_FILE).astype(np.float32) * 5.0)
-        if picture.shape[0] != image_size:
-            picture = F.interpolate(picture.permute(2, 0, 1)[None], size=(image_size, image_size), mode="bilinear",
-                                    align_corners=False)[0].permute(1, 2, 0)
-        self.picture = picture
+        self.picture = resize_hwc(load_asset(KITTY_FILE) * 5.0, image_size)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         a = self.params.alpha

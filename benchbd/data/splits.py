@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Optional
 
 import torch
 
@@ -38,12 +39,20 @@ class PoisonedSplit(Split):
     """A training split some of whose images carry a trigger; `poisoned` indexes them."""
 
     poisoned: torch.Tensor = None  # int64 indices into this split
+    # Set by attacks that control training (lba_k): (model, x, y, poisoned_mask) -> extra loss,
+    # which the trainer adds whenever it trains on this split.
+    training_loss: Optional[Callable] = None
 
     @property
     def poison_mask(self) -> torch.Tensor:
         mask = torch.zeros(len(self), dtype=torch.bool)
         mask[self.poisoned] = True
         return mask
+
+    def plus_clean(self, clean: Split) -> "PoisonedSplit":
+        """This split followed by clean images (the whole training set: split + holdout)."""
+        whole = Split.concat(self, clean)
+        return PoisonedSplit(whole.images, whole.labels, poisoned=self.poisoned, training_loss=self.training_loss)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 from .. import __version__
-from ..attacks import ATTACKS, Attack
+from ..attacks import ATTACKS, Attack, AttackTools
 from ..config import Layers, as_dict
 from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, parse_dataset_spec, split_holdout
 from ..defenses import DEFENSES, Defense, DefenseContext, Need
@@ -50,10 +50,10 @@ class Cell:
         return f"{self.dataset_name} / {self.attack.name} / {self.defense.name} / seed {self.seed}"
 
     def poison_identity(self) -> dict:
-        return {"dataset": self.dataset.identity(), "holdout": self.dataset.params.holdout_fraction, "seed": self.seed, **self.attack.identity()}
-
-    def backdoored_identity(self) -> dict:
-        return {"poison": self.poison_identity(), "model": self.model_name, "recipe": as_dict(self.normal_recipe), "budget": self.budget}
+        identity = {"dataset": self.dataset.identity(), "holdout": self.dataset.params.holdout_fraction, "seed": self.seed, **self.attack.identity()}
+        if self.attack.trains_surrogate:  # the poisoned images depend on how the surrogate was trained
+            identity["surrogate"] = {"model": self.model_name, "recipe": as_dict(self.normal_recipe), "budget": self.budget}
+        return identity
 
     def params(self) -> dict:
         """Every resolved parameter, as recorded in the result row."""
@@ -99,25 +99,32 @@ class Runner:
         self.layers.check_names("train", ["normal"])
         cells = []
         for spec in datasets:
-            name, path = parse_dataset_spec(spec)
-            source = DATASETS.get(name)
-            dataset = source(self.layers.params("dataset", name, name, source.Params), self.data_root, path)
-            MODELS.resolve(dataset.params.model)
-            data = self.load(dataset)
-            num_classes, image_size = len(data.classes), data.train.images.shape[1]
+            label, name, dataset, data = self.dataset(spec)
+            num_classes = len(data.classes)
             recipe = self.layers.params("train", "normal", name, TrainRecipe)
             pipeline = dataset.pipeline
             architecture = create_model(dataset.params.model, num_classes, mean=pipeline.mean, std=pipeline.std)
             for attack_name in attack_names:
-                cls = ATTACKS.get(attack_name)
-                attack = cls(self.layers.params("attack", attack_name, name, cls.Params), num_classes, image_size, attack_name)
+                attack = self.attack(attack_name, name, data)
                 for defense_name in defense_names:
                     dcls = DEFENSES.get(defense_name)
                     defense = dcls(self.layers.params("defense", defense_name, name, dcls.Params), defense_name)
                     defense.check_model(architecture)
                     for seed in seeds:
-                        cells.append(Cell(spec if path else name, dataset, data, attack, defense, seed, budget, recipe))
+                        cells.append(Cell(label, dataset, data, attack, defense, seed, budget, recipe))
         return cells
+
+    def dataset(self, spec: str) -> tuple[str, str, Dataset, LoadedData]:
+        """(label for rows, registered name, source, loaded data) for a --dataset entry."""
+        name, path = parse_dataset_spec(spec)
+        source = DATASETS.get(name)
+        dataset = source(self.layers.params("dataset", name, name, source.Params), self.data_root, path)
+        MODELS.resolve(dataset.params.model)
+        return (spec if path else name), name, dataset, self.load(dataset)
+
+    def attack(self, name: str, dataset_name: str, data: LoadedData) -> Attack:
+        cls = ATTACKS.get(name)
+        return cls(self.layers.params("attack", name, dataset_name, cls.Params), len(data.classes), data.train.images.shape[1], name)
 
     def load(self, dataset: Dataset) -> LoadedData:
         key = content_key(dataset.identity())
@@ -156,11 +163,13 @@ class Runner:
         needs = cell.defense.needs
         cached = {}
         if needs & {Need.POISONED_TRAIN, Need.BACKDOORED_MODEL}:
-            poisoned, cached["poisoned_split"] = self.poisoned_split(cell, splits)
+            poisoned, cached["poisoned_split"] = self.poisoned_split(cell, splits, trainer, new_model)
             if Need.POISONED_TRAIN in needs:
                 ctx.poisoned_train = poisoned
             if Need.BACKDOORED_MODEL in needs:
-                ctx.backdoored_model, cached["backdoored_model"] = self.backdoored_model(cell, splits, poisoned, trainer, new_model)
+                self.progress.stage("backdoored model")
+                ctx.backdoored_model, cached["backdoored_model"] = self.trained_model(
+                    cell, trainer, new_model, "backdoored", {"poison": cell.poison_identity()}, poisoned.plus_clean(splits.holdout))
         if Need.HOLDOUT in needs:
             ctx.holdout = splits.holdout
         self.progress.stage(f"defense {cell.defense.name}")
@@ -191,29 +200,36 @@ class Runner:
         hits = (trainer.predict(model, backdoor.images) == attack.params.target).double()
         return round(100 * ca, 4), round(100 * hits.mean().item(), 4) if len(hits) else float("nan"), len(hits)
 
-    def poisoned_split(self, cell: Cell, splits: Splits) -> tuple[PoisonedSplit, bool]:
+    def poisoned_split(self, cell: Cell, splits: Splits, trainer: Trainer, new_model) -> tuple[PoisonedSplit, bool]:
         self.progress.stage(f"poisoning ({cell.attack.name})")
 
+        def train_cached(purpose: str, data: Split):
+            return self.trained_model(cell, trainer, new_model, purpose, {"clean_train": cell.poison_identity()["dataset"]}, data)[0]
+
+        tools = AttackTools(trainer, splits.train, train_cached)
+
         def build():
-            p = cell.attack.poison(splits.train, splits.full_train_size, cell.seed)
+            p = cell.attack.poison(splits.train, splits.full_train_size, cell.seed, tools)
             return {"indices": p.poisoned, "images": p.images[p.poisoned], "labels": p.labels}
 
         art, hit = self.cache.get_or_build("poisoned", cell.poison_identity(), build)
         images = splits.train.images.clone()
         images[art["indices"]] = art["images"]
-        return PoisonedSplit(images, art["labels"], poisoned=art["indices"]), hit
+        return PoisonedSplit(images, art["labels"], poisoned=art["indices"], training_loss=cell.attack.training_loss), hit
 
-    def backdoored_model(self, cell: Cell, splits: Splits, poisoned: PoisonedSplit, trainer: Trainer, new_model) -> tuple[torch.nn.Module, bool]:
-        """Normal training on the whole poisoned training set (split + holdout), once per cell family."""
-        self.progress.stage("backdoored model")
+    def trained_model(self, cell: Cell, trainer: Trainer, new_model, purpose: str, identity: dict, data: Split) -> tuple[torch.nn.Module, bool]:
+        """A model normally trained on `data` (the normal recipe and the cell's budget), cached.
+
+        `identity` must pin down `data`; the seed, holdout, model, recipe and budget are added here."""
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(derive(cell.seed, "init:backdoored"))
+            torch.manual_seed(derive(cell.seed, f"init:{purpose}"))
             model = new_model()
 
         def build():
-            trained = trainer.fit(model, Split.concat(poisoned, splits.holdout), cell.normal_recipe, desc="normal training")
-            return trained.state_dict()
+            return trainer.fit(model, data, cell.normal_recipe, desc=purpose).state_dict()
 
-        state, hit = self.cache.get_or_build("backdoored", cell.backdoored_identity(), build)
+        key = {**identity, "purpose": purpose, "seed": cell.seed, "holdout": cell.dataset.params.holdout_fraction,
+               "model": cell.model_name, "recipe": as_dict(cell.normal_recipe), "budget": cell.budget}
+        state, hit = self.cache.get_or_build(purpose.replace(" ", "_"), key, build)
         model.load_state_dict(state)
         return model, hit

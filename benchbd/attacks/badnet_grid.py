@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import torch
 
-from ..errors import BenchbdError
 from .base import ATTACKS, Attack
 
 # Rows top to bottom; the same values in every channel.
@@ -12,20 +11,20 @@ GRID = torch.tensor([[0, 0, 255], [0, 255, 0], [255, 0, 255]], dtype=torch.uint8
 PLACEMENT = {32: (29, 1), 256: (32, 10)}
 
 
+def stamp(images: torch.Tensor, top: int, left: int, cell: int = 1) -> torch.Tensor:
+    """A copy of `images` with the 3x3 grid (cells of `cell` pixels) overwriting rows/cols from (top, left)."""
+    patch = GRID.to(images.device).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
+    out = images.clone()
+    out[:, top: top + 3 * cell, left: left + 3 * cell, :] = patch[None, :, :, None]
+    return out
+
+
 @ATTACKS.register("badnet_grid", aliases=("badnet-grid", "badnets"))
 class BadNetGrid(Attack):
     """BadNet-Grid: 3x3 black/white grid overwriting rows/cols 29-31 (dirty label)."""
 
-    def __init__(self, params, num_classes, image_size, name="badnet_grid"):
-        super().__init__(params, num_classes, image_size, name)
-        if image_size not in PLACEMENT:
-            raise BenchbdError(f"attack {name} has no trigger for {image_size}x{image_size} images; valid sizes: "
-                               + ", ".join(str(s) for s in PLACEMENT))
+    image_sizes = tuple(PLACEMENT)
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         start, cell = PLACEMENT[images.shape[1]]
-        patch = GRID.to(images.device).repeat_interleave(cell, 0).repeat_interleave(cell, 1)
-        out = images.clone()
-        size = 3 * cell
-        out[:, start: start + size, start: start + size, :] = patch[None, :, :, None]
-        return out
+        return stamp(images, start, start, cell)

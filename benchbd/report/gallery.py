@@ -1,0 +1,47 @@
+"""The trigger gallery (the paper's Figure 3): per attack, a clean test image, its triggered
+version, and the difference amplified."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..errors import BenchbdError
+
+
+def pyplot():
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise BenchbdError("figures need matplotlib: pip install 'benchbd[figures]'") from None
+    return plt
+
+
+def attack_gallery(attacks: list, image: torch.Tensor, out: Path | str, amplify: float = 5.0, title: str = "") -> Path:
+    """Write a PNG with one column per attack: clean, triggered, |difference| x `amplify`."""
+    plt = pyplot()
+    clean = image[None]
+    fig, axes = plt.subplots(3, len(attacks), figsize=(1.6 * len(attacks), 5.2), squeeze=False)
+    for col, attack in enumerate(attacks):
+        triggered = attack.apply(clean)[0]
+        diff = (triggered.float() - image.float()).abs().mul(amplify).clamp(0, 255).to(torch.uint8)
+        for row, picture in enumerate((image, triggered, diff)):
+            ax = axes[row][col]
+            ax.imshow(np.asarray(picture), interpolation="nearest")
+            ax.set_xticks([])
+            ax.set_yticks([])
+        axes[0][col].set_title(attack.name, fontsize=8)
+    for row, text in enumerate(("clean", "triggered", f"|diff| x{amplify:g}")):
+        axes[row][0].set_ylabel(text, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=150)
+    plt.close(fig)
+    return out
