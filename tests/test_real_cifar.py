@@ -1,26 +1,39 @@
-"""On real CIFAR-10 (a 5,000-image slice of ../shared/datasets), the poisoning really plants a backdoor."""
+"""On real CIFAR-10 (a 5,000-image slice of ../shared/datasets), poisoning really plants a backdoor:
+one short CPU training per attack family, against a clean model's rate of predicting the target."""
+import pytest
+
+from benchbd.config import Layers, parse_set
 from benchbd.data import split_holdout
+from benchbd.data.augment import SmallImages
 from benchbd.models import create_model
 from benchbd.runner import Cache, Results, Runner
-from benchbd.train import BUDGETS, Trainer
+from benchbd.train import BUDGETS, Trainer, TrainRecipe
+
+# (attack, epochs of normal training, least ASR): the small patch needs more epochs on 4,750
+# images and is still partly learned after 20 (40% here; about 100% on full CIFAR-10 at `fast`)
+FAMILIES = [("badnet_grid", 20, 30), ("blend", 8, 60), ("l2_invisible", 8, 60), ("sig", 8, 60)]
 
 
-def test_badnet_grid_backdoor_is_learned(cifar_slice, tmp_path):
-    runner = Runner(Results(tmp_path), Cache(tmp_path / "cache"), device="cpu")
-    (cell,) = runner.plan([f"npz:{cifar_slice}"], "badnet_grid", "none", [0], "demo")
+@pytest.fixture(scope="module")
+def clean(cifar_slice, tmp_path_factory):
+    """A model normally trained on the same split without any poison, and its trainer."""
+    runner = Runner(Results(tmp_path_factory.mktemp("clean")), Cache(tmp_path_factory.mktemp("cache")), device="cpu")
+    _, _, dataset, data = runner.dataset(f"npz:{cifar_slice}")
+    splits = split_holdout(data.train, data.test, 10, 0.05, 0)
+    trainer = Trainer(SmallImages(), BUDGETS.get("paper"), "cpu", 0)
+    model = trainer.fit(create_model("wrn16_1", 10), splits.train, TrainRecipe(epochs=8))
+    return trainer, model, splits
+
+
+@pytest.mark.parametrize("attack,epochs,least", FAMILIES, ids=[f[0] for f in FAMILIES])
+def test_backdoor_is_planted(attack, epochs, least, clean, cifar_slice, tmp_path):
+    trainer, clean_model, splits = clean
+    runner = Runner(Results(tmp_path), Cache(tmp_path / "cache"), Layers(cli=parse_set([f"train.normal.epochs={epochs}"])), device="cpu")
+    (cell,) = runner.plan([f"npz:{cifar_slice}"], attack, "none", [0], "paper")
     (row,) = runner.run([cell])
     assert (row["n_train"], row["n_holdout"]) == (4750, 250)
-    assert row["n_asr"] == int((cell.data.test.labels != 0).sum())
-
-    # Control: how often the same model calls a clean non-target test image "target" (its chance rate).
-    splits = split_holdout(cell.data.train, cell.data.test, 10, 0.05, 0)
-    trainer = Trainer(cell.dataset.pipeline, BUDGETS.get("demo"), "cpu", 0)
-    new_model = lambda dropout=0.0: create_model("wrn16_1", 10)  # noqa: E731
-    poisoned, _ = runner.poisoned_split(cell, splits, trainer, new_model)
-    model, from_cache = runner.trained_model(cell, trainer, new_model, "backdoored", {"poison": cell.poison_identity()},
-                                             poisoned.plus_clean(splits.holdout))
-    assert from_cache
-    clean = splits.test.subset(splits.test.labels != 0)
-    control = 100 * (trainer.predict(model, clean.images) == 0).double().mean().item()
-    assert row["ca"] > 40, row
-    assert row["asr"] > 40 and row["asr"] > 4 * control, (row["asr"], control)
+    assert row["n_asr"] == int((splits.test.labels != 0).sum())
+    triggered = cell.attack.backdoor_test(splits.test)
+    baseline = 100 * (trainer.predict(clean_model, triggered.images) == 0).double().mean().item()
+    assert row["ca"] > 35, row
+    assert row["asr"] > least and row["asr"] > 3 * baseline, (row["asr"], baseline)
