@@ -64,12 +64,13 @@ def list_cmd(kind: str, plugins):
         table.add_column(column)
     if kind == "defenses":
         table.add_column("needs")
+        table.add_column("applies")
     if kind == "attacks":
         table.add_column("label")
     for entry in registries[kind].entries():
         row = [entry.name, ", ".join(entry.aliases), entry.description]
         if kind == "defenses":
-            row.append(", ".join(sorted(n.value for n in entry.obj.needs)))
+            row += [", ".join(sorted(n.value for n in entry.obj.needs)), entry.obj.scenario()]
         if kind == "attacks":
             row.append(("clean" if entry.obj.clean_label else "dirty") + ("" if entry.obj.in_all else ", not in 'all'"))
         if kind == "datasets" and entry.obj.takes_path:
@@ -167,8 +168,9 @@ def show(what, dataset, attacks, index, amplify, out, data_root, sets, plugins):
 @click.option("--compare", default=None, help="'paper': the paper's numbers and the difference beside ours.")
 @click.option("--dataset", "datasets", default=None, help="Only these datasets (comma-separated).")
 @click.option("--budget", "budgets", default=None, help="Only these budgets (comma-separated).")
+@click.option("--extra", multiple=True, metavar="METRIC", help="Also show this per-cell metric, e.g. epsilon of dp (repeatable).")
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
-def table(results_dir, fmt, compare, datasets, budgets, output):
+def table(results_dir, fmt, compare, datasets, budgets, extra, output):
     """Print the ASR/CA grid of the results, per dataset and budget."""
     from .report.tables import render
     from .runner import Results
@@ -176,7 +178,7 @@ def table(results_dir, fmt, compare, datasets, budgets, output):
     if not Path(results_dir).is_dir():
         raise BenchbdError(f"results directory '{results_dir}' does not exist: run `benchbd run` first or pass --results DIR")
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
-    text = render(Results(results_dir).load(), fmt, compare, split(datasets), split(budgets))
+    text = render(Results(results_dir).load(), fmt, compare, split(datasets), split(budgets), extra)
     if output:
         Path(output).write_text(text)
     else:

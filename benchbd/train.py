@@ -56,6 +56,10 @@ class Budget:
     max_epochs: Optional[int] = None        # every run is capped at this
     max_steps_per_epoch: Optional[int] = None
 
+    def iterations(self, planned: int) -> int:
+        """For methods counted in iterations rather than epochs (ANP): capped like an epoch's steps."""
+        return planned if self.max_steps_per_epoch is None else min(planned, self.max_steps_per_epoch)
+
     def epochs(self, planned: int) -> int:
         epochs = planned
         if self.long_run_epochs is not None and planned >= 100:
@@ -119,8 +123,13 @@ class Trainer:
         return model.to(self.device, memory_format=torch.channels_last)
 
     def fit(self, model: nn.Module, data: Split, recipe: TrainRecipe, *, loss: LossFn = cross_entropy,
-            params: Iterable[torch.nn.Parameter] | None = None, desc: str = "train") -> nn.Module:
-        """Train `params` (default: every parameter that requires grad) of `model` on `data`."""
+            params: Iterable[torch.nn.Parameter] | None = None, desc: str = "train",
+            wrap_optimizer: Callable[[torch.optim.Optimizer, int], torch.optim.Optimizer] | None = None,
+            mixed_precision: bool = True) -> nn.Module:
+        """Train `params` (default: every parameter that requires grad) of `model` on `data`.
+
+        `wrap_optimizer(optimizer, steps_per_epoch)` may replace the recipe's optimizer (DP-SGD);
+        `mixed_precision=False` keeps float32 on CUDA too."""
         model = self.prepare(model)
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         optimizer = make_optimizer(recipe, params)
@@ -133,6 +142,9 @@ class Trainer:
         steps = math.ceil(n / bs) if n % bs != 1 else n // bs  # a last batch of one breaks BatchNorm
         if self.budget.max_steps_per_epoch is not None:
             steps = min(steps, self.budget.max_steps_per_epoch)
+        if wrap_optimizer is not None:
+            optimizer = wrap_optimizer(optimizer, steps)
+            schedule = make_schedule(recipe, optimizer, epochs)
         gen = generator(self.seed, f"fit:{desc}", self.device)
         self.progress.start_run(desc, epochs * steps)
         for epoch in range(epochs):
@@ -142,7 +154,7 @@ class Trainer:
             for step in range(steps):
                 index = order[step * bs: (step + 1) * bs]
                 x = self.pipeline.train(images[index], gen)
-                with self.autocast():
+                with self.autocast() if mixed_precision else nullcontext():
                     value = loss(model, x, labels[index], gen)
                     if attacker_loss is not None:
                         value = value + attacker_loss(model, x, labels[index], poisoned[index])
@@ -166,6 +178,33 @@ class Trainer:
             with self.autocast():
                 out.append(model(x).argmax(1))
         return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
+
+    @torch.no_grad()
+    def per_sample_loss(self, model: nn.Module, data: Split, batch_size: int = 1024) -> torch.Tensor:
+        """Cross-entropy of every sample without augmentation, eval mode (CPU tensor)."""
+        model = self.prepare(model)
+        model.eval()
+        out = []
+        for start in range(0, len(data), batch_size):
+            x = self.pipeline.test(data.images[start: start + batch_size].to(self.device))
+            with self.autocast():
+                logits = model(x)
+            out.append(F.cross_entropy(logits.float(), data.labels[start: start + batch_size].to(self.device), reduction="none").cpu())
+        return torch.cat(out) if out else torch.empty(0)
+
+    def batches(self, data: Split, batch_size: int, purpose: str, augment: bool = False):
+        """One seeded pass over `data` in shuffled batches of float inputs on the device, for
+        defenses with loops of their own (ANP, I-BAU). Honours the budget's step cap."""
+        gen = generator(self.seed, f"batches:{purpose}", self.device)
+        images, labels = data.images.to(self.device), data.labels.to(self.device)
+        order = torch.randperm(len(labels), device=self.device, generator=gen)
+        steps = math.ceil(len(labels) / batch_size)
+        if self.budget.max_steps_per_epoch is not None:
+            steps = min(steps, self.budget.max_steps_per_epoch)
+        for step in range(steps):
+            index = order[step * batch_size: (step + 1) * batch_size]
+            x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
+            yield x, labels[index]
 
     def accuracy(self, model: nn.Module, data: Split) -> float:
         """Share of `data` predicted as its label, per sample."""

@@ -260,3 +260,28 @@ def test_show_attacks_draws_the_gallery(tmp_path):
         assert im.size == (720, 780)  # three columns (1.6 in each) of three rows, 150 dpi
     res = CliRunner().invoke(main, ["show", "attacks", "--dataset", "synthetic", "--index", "100000", "--out", str(out)])
     assert res.exit_code == 2 and "--index 100000 is out of range" in res.output
+
+
+def _every_defense():
+    sys.path.insert(0, str(PLUGIN.parent))
+    import benchbd_example_plugin  # noqa: F401  (plugins are registered defenses too)
+    from benchbd.defenses import DEFENSES
+
+    return DEFENSES.names()
+
+
+@pytest.mark.parametrize("name", _every_defense())
+def test_every_registered_defense_runs_through_the_cli(name, tmp_path):
+    res = invoke("run", *SYN, "--plugin", "benchbd_example_plugin", "--defenses", name, "--results", tmp_path,
+                 "--set", "defense.anp.iterations=3", "--set", "defense.ibau.rounds=1")
+    assert res.exit_code == 0, res.output
+    (row,) = Results(tmp_path).rows()
+    assert row["defense"] == name and 0 <= row["ca"] <= 100 and 0 <= row["asr"] <= 100
+
+
+def test_table_extra_shows_dp_epsilon(tmp_path):
+    invoke("run", *SYN, "--defenses", "none,dp", "--results", tmp_path)
+    out = invoke("table", "--results", tmp_path, "--extra", "epsilon").output
+    assert "| dp epsilon |" in out and "| none epsilon" not in out
+    row = next(r for r in Results(tmp_path).rows() if r["defense"] == "dp")
+    assert f"{row['metrics']['epsilon']:.2f}" in out

@@ -76,3 +76,15 @@ def test_recipe_validation_and_literal_choices():
         build_params(TrainRecipe, {"optimizer": "adamw"}, "train")
     with pytest.raises(BenchbdError, match="lr=-1.0 must be positive"):
         build_params(TrainRecipe, {"lr": -1}, "train")
+
+
+def test_registry_yaml_restates_the_code_defaults():
+    """registry.yaml wins over the dataclass defaults; on cifar10 the two must say the same thing."""
+    from benchbd.defenses import DEFENSES
+
+    layers = Layers()
+    for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES)):
+        for name in registry.names():
+            cls = registry.get(name)
+            assert layers.params(kind, name, "cifar10", cls.Params) == cls.Params(), f"{kind} {name}"
+            assert name in layers.package[kind], f"registry.yaml has no entry for {kind} {name}"

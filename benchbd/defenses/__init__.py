@@ -1,7 +1,7 @@
 """Defenses: `names()`, the registry and the interface."""
 from __future__ import annotations
 
-from . import none, tnr  # noqa: F401  (registration)
+from . import abl, anp, dp, fp, ft, ibau, nad, none, tnr  # noqa: F401  (registration)
 from .base import DEFENSES, Defense, DefenseContext, DefenseParams, Frozen, Need
 
 

@@ -62,6 +62,15 @@ class Defense(abc.ABC):
         self.params = params
         self.name = name or type(self).__name__.lower()
 
+    @classmethod
+    def scenario(cls) -> str:
+        """When in the pipeline the defense acts, read off its needs."""
+        if Need.BACKDOORED_MODEL in cls.needs:
+            return "after training: repairs the trained model" + (" with the holdout" if Need.HOLDOUT in cls.needs else "")
+        if Need.POISONED_TRAIN in cls.needs:
+            return "during training on the poisoned set" + (" and the holdout" if Need.HOLDOUT in cls.needs else "")
+        return "on the holdout only"
+
     def check_model(self, model: SplitNet) -> None:
         """Refuse, before any training, parameters that do not fit the cell's architecture."""
 

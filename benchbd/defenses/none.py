@@ -10,5 +10,9 @@ class NoDefense(Defense):
 
     needs = frozenset({Need.BACKDOORED_MODEL})
 
+    @classmethod
+    def scenario(cls) -> str:
+        return "no defense: normal training on the whole poisoned training set"
+
     def run(self, ctx):
         return ctx.need(Need.BACKDOORED_MODEL)

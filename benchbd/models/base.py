@@ -27,6 +27,7 @@ class Normalize(nn.Module):
 
 class SplitNet(nn.Module):
     default_split: int = 0
+    stage_ends: tuple[int, ...] = ()  # indices into `units` of the last block of each stage (NAD's attention points)
 
     def __init__(self, units: Sequence[nn.Module], tail: nn.Module, mean=None, std=None, input_size: int = 32):
         super().__init__()

@@ -14,6 +14,7 @@ class ResNet34(SplitNet):
     """torchvision's ResNet-34; stem through layer4[1] (512x7x7 at 224), head = layer4[2] + pool + FC."""
 
     default_split = 15
+    stage_ends = (3, 7, 13, 16)
 
     def __init__(self, num_classes: int, dropout: float = 0.0, mean=None, std=None, input_size: int = 224):
         net = tv_resnet34(num_classes=num_classes)
@@ -57,6 +58,7 @@ class PreActBasic(nn.Module):
 
 class PreActResNet18(SplitNet):
     default_split = 7
+    stage_ends = (2, 4, 6, 8)
 
     def __init__(self, num_classes: int, dropout: float = 0.0, mean=None, std=None, input_size: int = 32):
         units: list[nn.Module] = [nn.Conv2d(3, 64, 3, 1, 1, bias=False)]

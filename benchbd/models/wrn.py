@@ -39,6 +39,7 @@ class PreActBlock(nn.Module):
 
 class WideResNet(SplitNet):
     default_split = 5
+    stage_ends = (2, 4, 6)
 
     def __init__(self, depth: int = 16, width: int = 1, num_classes: int = 10, dropout: float = 0.0, mean=None, std=None, input_size: int = 32):
         n = (depth - 4) // 6

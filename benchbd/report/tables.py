@@ -33,6 +33,11 @@ class Grid:
     std: dict[str, pd.DataFrame]
     seeds: pd.DataFrame
     paper: dict[str, pd.DataFrame] | None = None
+    extra: tuple[str, ...] = ()       # further metrics from the rows' `metrics` (e.g. epsilon of dp)
+
+    @property
+    def metrics(self) -> tuple[str, ...]:
+        return (*METRICS, *self.extra)
 
     @property
     def attacks(self) -> list[str]:
@@ -79,7 +84,8 @@ def variant_labels(rows: pd.DataFrame, column: str, sections: tuple[str, ...]) -
     return labels
 
 
-def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[str] | None = None, budgets: list[str] | None = None) -> list[Grid]:
+def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[str] | None = None, budgets: list[str] | None = None,
+                extra: tuple[str, ...] = ()) -> list[Grid]:
     if rows.empty:
         raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
     rows = rows.sort_values("finished_at", kind="stable")
@@ -100,14 +106,17 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
         base_defense = dict(zip(part["defense"], part["defense_name"]))
         attacks = _paper_order(_ordered(part["attack"]), base_attack, "attack")
         defenses = _paper_order(_ordered(part["defense"]), base_defense, "defense")
+        for m in extra:
+            part[m] = pd.to_numeric(part["metrics"].map(lambda d: (d or {}).get(m)) if "metrics" in part else float("nan"), errors="coerce")
         grouped = part.groupby(["attack", "defense"])
-        mean = {m: grouped[m].mean().unstack().reindex(index=attacks, columns=defenses) for m in METRICS}
-        std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in METRICS}
+        metrics = (*METRICS, *extra)
+        mean = {m: grouped[m].mean().unstack().reindex(index=attacks, columns=defenses) for m in metrics}
+        std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in metrics}
         seeds = grouped["seed"].nunique().unstack().reindex(index=attacks, columns=defenses)
-        for m in METRICS:
+        for m in metrics:
             mean[m].loc[AVERAGE] = mean[m].mean(axis=0)
             std[m].loc[AVERAGE] = float("nan")
-        grid = Grid(dataset, budget, mean, std, seeds)
+        grid = Grid(dataset, budget, mean, std, seeds, extra=tuple(extra))
         if paper is not None:
             paper_name = part["paper_dataset"].iloc[0] if "paper_dataset" in part else dataset
             main = paper[paper["table"].isin([1, 2, 3]) & (paper["dataset"] == paper_name)].copy()
@@ -141,11 +150,15 @@ def _best(grid: Grid, attack: str) -> dict[str, set[str]]:
 def _columns(grid: Grid) -> list[tuple[str, str, str]]:
     """(defense, metric, kind) for each column; kind is ours, paper or diff."""
     kinds = ("ours", "paper", "diff") if grid.paper is not None else ("ours",)
-    return [(d, m, k) for d in grid.defenses for m in METRICS for k in kinds]
+    columns = []
+    for d in grid.defenses:
+        columns += [(d, m, k) for m in METRICS for k in kinds]
+        columns += [(d, m, "ours") for m in grid.extra if grid.mean[m][d].notna().any()]
+    return columns
 
 
 def _header(metric: str, kind: str) -> str:
-    name = metric.upper()
+    name = metric.upper() if metric in METRICS else metric
     return {"ours": name, "paper": f"{name} paper", "diff": f"Δ{name}"}[kind]
 
 
@@ -183,9 +196,9 @@ def _tex(text: str) -> str:
 
 def to_latex(grid: Grid) -> str:
     cols = _columns(grid)
-    per_defense = len(cols) // len(grid.defenses)
+    width = {d: sum(1 for c in cols if c[0] == d) for d in grid.defenses}
     out = [f"% {_title(grid)}", r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\hline",
-           "Attack & " + " & ".join(rf"\multicolumn{{{per_defense}}}{{c}}{{{_tex(d)}}}" for d in grid.defenses) + r" \\",
+           "Attack & " + " & ".join(rf"\multicolumn{{{width[d]}}}{{c}}{{{_tex(d)}}}" for d in grid.defenses) + r" \\",
            " & " + " & ".join(_header(m, k).replace("Δ", r"$\Delta$") for _, m, k in cols) + r" \\", r"\hline"]
     for attack in grid.attacks:
         if attack == AVERAGE:
@@ -225,22 +238,22 @@ def to_csv(grids: list[Grid]) -> str:
             for defense in grid.defenses:
                 rec = {"dataset": grid.dataset, "budget": grid.budget, "attack": attack, "defense": defense,
                        "seeds": grid.seeds.at[attack, defense] if attack in grid.seeds.index else None}
-                for m in METRICS:
+                for m in grid.metrics:
                     rec[m] = grid.mean[m].at[attack, defense]
                     rec[f"{m}_std"] = grid.std[m].at[attack, defense]
-                    if grid.paper is not None:
+                    if grid.paper is not None and m in METRICS:
                         rec[f"{m}_paper"] = grid.paper[m].at[attack, defense]
                         rec[f"{m}_diff"] = rec[m] - rec[f"{m}_paper"]
                 records.append(rec)
     return pd.DataFrame(records).round(4).to_csv(index=False)
 
 
-def render(rows: pd.DataFrame, fmt: str = "markdown", compare: str | None = None, datasets=None, budgets=None) -> str:
+def render(rows: pd.DataFrame, fmt: str = "markdown", compare: str | None = None, datasets=None, budgets=None, extra=()) -> str:
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
     if compare not in (None, "paper"):
         raise unknown("--compare source", compare, ["paper"])
-    grids = build_grids(rows, compare, datasets, budgets)
+    grids = build_grids(rows, compare, datasets, budgets, tuple(extra))
     if fmt == "csv":
         return to_csv(grids)
     render_one = {"markdown": to_markdown, "latex": to_latex, "html": to_html}[fmt]
