@@ -285,3 +285,16 @@ def test_table_extra_shows_dp_epsilon(tmp_path):
     assert "| dp epsilon |" in out and "| none epsilon" not in out
     row = next(r for r in Results(tmp_path).rows() if r["defense"] == "dp")
     assert f"{row['metrics']['epsilon']:.2f}" in out
+
+
+def test_defenses_all_trains_each_backdoored_model_once(tmp_path):
+    res = invoke("run", *SYN, "--defenses", "all", "--results", tmp_path, "--set", "defense.anp.iterations=2", "--set", "defense.ibau.rounds=1")
+    assert res.exit_code == 0, res.output
+    rows = Results(tmp_path).rows()
+    from benchbd.defenses import DEFENSES, Need
+
+    repairs = [r for r in rows if "backdoored_model" in r["cached"]]
+    expected = [n for n in DEFENSES.names() if Need.BACKDOORED_MODEL in DEFENSES.get(n).needs]
+    assert sorted(r["defense"] for r in repairs) == sorted(expected) and len(expected) >= 6
+    assert sum(not r["cached"]["backdoored_model"] for r in repairs) == 1  # trained by the first, reused by the rest
+    assert len(list((tmp_path / "cache" / "backdoored").glob("*.pt"))) == 1
