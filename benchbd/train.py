@@ -124,15 +124,17 @@ class Trainer:
 
     def fit(self, model: nn.Module, data: Split, recipe: TrainRecipe, *, loss: LossFn = cross_entropy,
             params: Iterable[torch.nn.Parameter] | None = None, desc: str = "train",
-            wrap_optimizer: Callable[[torch.optim.Optimizer, int], torch.optim.Optimizer] | None = None,
+            wrap_optimizer: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None,
             mixed_precision: bool = True) -> nn.Module:
         """Train `params` (default: every parameter that requires grad) of `model` on `data`.
 
-        `wrap_optimizer(optimizer, steps_per_epoch)` may replace the recipe's optimizer (DP-SGD);
+        `wrap_optimizer(optimizer)` may replace the recipe's optimizer (DP-SGD);
         `mixed_precision=False` keeps float32 on CUDA too."""
         model = self.prepare(model)
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         optimizer = make_optimizer(recipe, params)
+        if wrap_optimizer is not None:
+            optimizer = wrap_optimizer(optimizer)
         epochs = self.budget.epochs(recipe.epochs)
         schedule = make_schedule(recipe, optimizer, epochs)
         images, labels = data.images.to(self.device), data.labels.to(self.device)
@@ -142,9 +144,6 @@ class Trainer:
         steps = math.ceil(n / bs) if n % bs != 1 else n // bs  # a last batch of one breaks BatchNorm
         if self.budget.max_steps_per_epoch is not None:
             steps = min(steps, self.budget.max_steps_per_epoch)
-        if wrap_optimizer is not None:
-            optimizer = wrap_optimizer(optimizer, steps)
-            schedule = make_schedule(recipe, optimizer, epochs)
         gen = generator(self.seed, f"fit:{desc}", self.device)
         self.progress.start_run(desc, epochs * steps)
         for epoch in range(epochs):

@@ -58,7 +58,7 @@ class DifferentialPrivacy(Defense):
         model = GradSampleModule(net, loss_reduction="mean")
         accountant = RDPAccountant()
         ctx.trainer.fit(model, data, p.recipe, desc="DP-SGD", mixed_precision=False,
-                        wrap_optimizer=lambda opt, steps: self.private(opt, len(data), accountant))
+                        wrap_optimizer=lambda opt: self.private(opt, len(data), accountant))
         # Batches are shuffled, not Poisson-sampled: epsilon follows the usual approximation.
         ctx.metrics["epsilon"] = float(accountant.get_epsilon(p.delta)) if accountant.history else 0.0
         ctx.metrics["delta"] = p.delta
