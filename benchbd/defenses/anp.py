@@ -47,7 +47,9 @@ class AdversarialNeuronPruning(Defense):
 
     def run(self, ctx):
         model = ctx.trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))).eval().requires_grad_(False)
-        masks = self.learn_masks(ctx, model)
+        # As the official code: masks learn with BatchNorm on batch statistics (train mode), on a
+        # copy whose running statistics are then thrown away; the pruned model keeps its own.
+        masks = self.learn_masks(ctx, copy.deepcopy(model).train())
         pruned = 0
         with torch.no_grad():
             for n, m in batchnorms(model).items():
@@ -58,7 +60,8 @@ class AdversarialNeuronPruning(Defense):
         return model
 
     def learn_masks(self, ctx, model: nn.Module) -> dict[str, torch.Tensor]:
-        """One mask in [0, 1] per BN channel of `model` (which stays unchanged), learnt on the holdout."""
+        """One mask in [0, 1] per BN channel of `model`, learnt on the holdout (in train mode
+        `model`'s BN running statistics move; its weights do not)."""
         p = self.params
         trainer = ctx.trainer
         bns = batchnorms(model)

@@ -49,11 +49,13 @@ class IbauParams:
     fixed_point_iterations: int = 5   # K
     inner_lr: float = 0.1             # step of the fixed-point map d <- d - inner_lr grad_d L_in
     outer_lr: float = 1e-3            # Adam on the model weights
+    perturbed_share: float = 0.01     # share of each batch the outer loss perturbs (at least one image), as the official code
 
     def __post_init__(self):
         check(self.rounds >= 1 and self.batch_size >= 1, "rounds and batch_size must be >= 1")
         check(self.radius > 0 and self.inner_lr > 0 and self.outer_lr > 0, "radius, inner_lr and outer_lr must be positive")
         check(self.fixed_point_iterations >= 1, f"fixed_point_iterations={self.fixed_point_iterations} must be >= 1")
+        check(0 < self.perturbed_share <= 1, f"perturbed_share={self.perturbed_share} must be in (0, 1]")
 
 
 @DEFENSES.register("ibau", aliases=("i-bau",))
@@ -71,6 +73,7 @@ class IBAU(Defense):
         optimizer = torch.optim.Adam(params, lr=p.outer_lr)
         holdout = ctx.need(Need.HOLDOUT)
         shape = (1, 3, *holdout.images.shape[1:3])
+        gen = torch.Generator(device=trainer.device).manual_seed(ctx.seed)
         trainer.progress.start_run("I-BAU rounds", p.rounds)
         for round_ in range(p.rounds):
             d = self.universal_perturbation(trainer, model, holdout, shape, f"ibau:{round_}:search")
@@ -82,7 +85,15 @@ class IBAU(Defense):
                     (g,) = torch.autograd.grad(inner(pert), pert, create_graph=True)
                     return pert - p.inner_lr * g
 
-                grads = implicit_hypergradient(lambda pert: F.cross_entropy(model(x + pert), y), fp_map, d, params, p.fixed_point_iterations)
+                # the outer loss perturbs a few images of the batch, so the model keeps its clean accuracy
+                chosen = torch.randperm(len(y), device=x.device, generator=gen)[: max(1, int(len(y) * p.perturbed_share))]
+                patch = torch.zeros(len(y), 1, 1, 1, device=x.device)
+                patch[chosen] = 1
+
+                def outer(pert):
+                    return F.cross_entropy(model(x + patch * pert), y)
+
+                grads = implicit_hypergradient(outer, fp_map, d, params, p.fixed_point_iterations)
                 optimizer.zero_grad(set_to_none=True)
                 for w, g in zip(params, grads):
                     w.grad = g
