@@ -168,27 +168,23 @@ class Trainer:
         return model
 
     @torch.no_grad()
-    def predict(self, model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+    def logits(self, model: nn.Module, images: torch.Tensor, batch_size: int = 1024):
+        """Yield (start index, float logits) over `images` in eval mode, without augmentation."""
         model = self.prepare(model)
         model.eval()
-        out = []
         for start in range(0, len(images), batch_size):
             x = self.pipeline.test(images[start: start + batch_size].to(self.device))
             with self.autocast():
-                out.append(model(x).argmax(1))
-        return torch.cat(out).cpu() if out else torch.empty(0, dtype=torch.long)
+                yield start, model(x).float()
 
-    @torch.no_grad()
+    def predict(self, model: nn.Module, images: torch.Tensor, batch_size: int = 1024) -> torch.Tensor:
+        out = [z.argmax(1).cpu() for _, z in self.logits(model, images, batch_size)]
+        return torch.cat(out) if out else torch.empty(0, dtype=torch.long)
+
     def per_sample_loss(self, model: nn.Module, data: Split, batch_size: int = 1024) -> torch.Tensor:
         """Cross-entropy of every sample without augmentation, eval mode (CPU tensor)."""
-        model = self.prepare(model)
-        model.eval()
-        out = []
-        for start in range(0, len(data), batch_size):
-            x = self.pipeline.test(data.images[start: start + batch_size].to(self.device))
-            with self.autocast():
-                logits = model(x)
-            out.append(F.cross_entropy(logits.float(), data.labels[start: start + batch_size].to(self.device), reduction="none").cpu())
+        out = [F.cross_entropy(z, data.labels[start: start + len(z)].to(self.device), reduction="none").cpu()
+               for start, z in self.logits(model, data.images, batch_size)]
         return torch.cat(out) if out else torch.empty(0)
 
     def batches(self, data: Split, batch_size: int, purpose: str, augment: bool = False):
