@@ -92,11 +92,11 @@ def _parse_seeds(text: str) -> list[int]:
 
 
 @main.command()
-@click.option("--dataset", "datasets", default="cifar10-mini", show_default=True,
-              help="Comma-separated: cifar10, gtsrb, imagenet12, cifar10-mini, synthetic, npz:PATH, imagefolder:PATH.")
-@click.option("--attacks", default="badnet_grid", show_default=True, help="Comma-separated attack names, or 'all'.")
-@click.option("--defenses", default="none,tnr", show_default=True, help="Comma-separated defense names, or 'all'.")
-@click.option("--seeds", default="0", show_default=True, help="Seeds: 0 or 0,1,2 or 0-4.")
+@click.option("--dataset", "datasets", default=None, help="Comma-separated: cifar10, gtsrb, imagenet12, cifar10-mini, synthetic, npz:PATH, imagefolder:PATH [default: cifar10-mini, or the experiment's].")
+@click.option("--attacks", default=None, help="Comma-separated attack names, or 'all' [default: badnet_grid, or the experiment's].")
+@click.option("--defenses", default=None, help="Comma-separated defense names, or 'all' [default: none,tnr].")
+@click.option("--experiment", default=None, help="A named experiment (see `benchbd experiments`) or an experiment YAML file.")
+@click.option("--seeds", default=None, help="Seeds: 0 or 0,1,2 or 0-4 [default: 0, or the experiment's].")
 @click.option("--budget", default="fast", show_default=True, help="Training budget: paper, fast, demo, smoke.")
 @click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Results directory.")
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Artifact cache [default: RESULTS/cache].")
@@ -106,28 +106,78 @@ def _parse_seeds(text: str) -> list[int]:
 @click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help="Override one parameter (repeatable).")
 @plugin_option
 @click.option("--force", is_flag=True, help="Rerun cells that already have a result row.")
+@click.option("--dry-run", is_flag=True, help="List the cells (and which are done) without training.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def run(datasets, attacks, defenses, seeds, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins, force, quiet):
+def run(datasets, attacks, defenses, experiment, seeds, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins,
+        force, dry_run, quiet):
     """Train every (dataset, attack, defense, seed) cell and write one result row per cell."""
     _load_plugins(plugins)
-    from .config import Layers, load_user_config, parse_set
     from .progress import NullProgress, RichProgress
+
+    runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
+    results = runner.results
+    dataset_list = [d for d in datasets.split(",") if d.strip()] if datasets else None
+    seed_list = _parse_seeds(seeds) if seeds else None
+    columns = {}
+    if experiment:
+        from . import experiments
+
+        if defenses:
+            raise BenchbdError("--defenses cannot be combined with --experiment: the experiment's columns are its defenses "
+                               "(copy its YAML file to change them)")
+        chosen = experiments.load(experiment)
+        cells, members = experiments.plan(chosen, runner, budget, seed_list, dataset_list, attacks)
+        columns = {key: name for name, keys in reversed(members.items()) for key in keys}
+    else:
+        cells = runner.plan(dataset_list or ["cifar10-mini"], attacks or "badnet_grid", defenses or "none,tnr", seed_list or [0], budget)
+    if dry_run:
+        _print_plan(cells, results, columns)
+        return
+    if experiment:
+        experiments.Membership(results_dir, chosen.name).add(members)
+    runner.progress = NullProgress() if quiet else RichProgress()
+    with runner.progress:
+        written = runner.run(cells, force)
+    click.echo(f"{len(written)} cell(s) run, {len(cells) - len(written)} already done; results in {results_dir}/")
+
+
+def _runner(results_dir, cache_dir, data_root, device, config_file, sets):
+    from .config import Layers, load_user_config, parse_set
     from .runner import Cache, Results, Runner
 
     layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
     warn = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    results = Results(results_dir)
-    runner = Runner(results, Cache(cache_dir or Path(results_dir) / "cache", warn), layers,
-                    Path(data_root) if data_root else None, device, warn=warn)
-    cells = runner.plan([d for d in datasets.split(",") if d.strip()], attacks, defenses, _parse_seeds(seeds), budget)
-    progress = NullProgress() if quiet else RichProgress()
-    runner.progress = progress
-    if quiet:
-        written = runner.run(cells, force)
-    else:
-        with progress:
-            written = runner.run(cells, force)
-    click.echo(f"{len(written)} cell(s) run, {len(cells) - len(written)} already done; results in {results_dir}/")
+    return Runner(Results(results_dir), Cache(cache_dir or Path(results_dir) / "cache", warn), layers,
+                  Path(data_root) if data_root else None, device, warn=warn)
+
+
+def _print_plan(cells, results, columns: dict[str, str]) -> None:
+    table = Table(title=f"{len(cells)} cell(s)")
+    for name in ("dataset", "attack", "defense", "setting", "seed", "budget", "status"):
+        table.add_column(name)
+    todo = 0
+    for cell in cells:
+        done = results.has(cell.key)
+        todo += not done
+        table.add_row(cell.dataset_name, cell.attack.name, cell.defense.name, columns.get(cell.key, ""), str(cell.seed), cell.budget,
+                      "done" if done else "to run")
+    Console(width=int(os.environ.get("COLUMNS", 160))).print(table)
+    click.echo(f"{todo} of {len(cells)} cell(s) to run")
+
+
+@main.command("experiments")
+def experiments_cmd():
+    """List the named experiments: what each reproduces and its grid."""
+    from . import experiments
+
+    table = Table(title="experiments (benchbd run --experiment NAME; benchbd table --experiment NAME --compare paper)")
+    for column in ("name", "reproduces", "what", "datasets", "attacks", "columns", "cells per seed"):
+        table.add_column(column)
+    for name in experiments.names():
+        e = experiments.load(name)
+        table.add_row(name, e.reproduces, e.title, ", ".join(e.datasets), ", ".join(e.attacks), ", ".join(c.name for c in e.columns),
+                      str(len(e.datasets) * len(e.attacks) * len(e.columns)))
+    Console(width=int(os.environ.get("COLUMNS", 200))).print(table)
 
 
 @main.command()
@@ -166,23 +216,164 @@ def show(what, dataset, attacks, index, amplify, out, data_root, sets, plugins):
 @click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False))
 @click.option("--format", "fmt", default="markdown", show_default=True, help="markdown, latex, csv or html.")
 @click.option("--compare", default=None, help="'paper': the paper's numbers and the difference beside ours.")
+@click.option("--experiment", default=None, help="Only this experiment's cells, one column per setting (name or YAML file).")
 @click.option("--dataset", "datasets", default=None, help="Only these datasets (comma-separated).")
 @click.option("--budget", "budgets", default=None, help="Only these budgets (comma-separated).")
 @click.option("--extra", multiple=True, metavar="METRIC", help="Also show this per-cell metric, e.g. epsilon of dp (repeatable).")
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
-def table(results_dir, fmt, compare, datasets, budgets, extra, output):
+def table(results_dir, fmt, compare, experiment, datasets, budgets, extra, output):
     """Print the ASR/CA grid of the results, per dataset and budget."""
     from .report.tables import render
     from .runner import Results
 
     if not Path(results_dir).is_dir():
         raise BenchbdError(f"results directory '{results_dir}' does not exist: run `benchbd run` first or pass --results DIR")
+    chosen, members = _experiment_members(experiment, results_dir)
     split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
-    text = render(Results(results_dir).load(), fmt, compare, split(datasets), split(budgets), extra)
+    text = render(Results(results_dir).load(), fmt, compare, split(datasets), split(budgets), extra, chosen, members)
     if output:
         Path(output).write_text(text)
     else:
         sys.stdout.write(text)
+
+
+@main.group()
+def plot():
+    """Figures: stem-feature PCA (paper Figure 2), CA-vs-ASR scatter, reconstructions (Figure 4)."""
+
+
+def cell_options(default_defense: str):
+    """Options naming one cell to train (or take from the cache) for a figure."""
+    options = [
+        click.option("--dataset", default="cifar10-mini", show_default=True),
+        click.option("--attack", default="blend", show_default=True),
+        click.option("--defense", default=default_defense, show_default=True, help="A defense, optionally with settings: 'tnr[rec_weight=1]'."),
+        click.option("--seed", default=0, show_default=True),
+        click.option("--budget", default="fast", show_default=True),
+        click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False),
+                     help="Where the cell's row goes; its cache is reused."),
+        click.option("--cache-dir", default=None, type=click.Path(file_okay=False)),
+        click.option("--data-root", default=None, type=click.Path(file_okay=False)),
+        click.option("--device", default="auto", show_default=True),
+        click.option("--config", "config_file", default=None),
+        click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE"),
+        plugin_option,
+        click.option("--quiet", is_flag=True, help="No progress display."),
+    ]
+
+    def decorate(f):
+        for option in reversed(options):
+            f = option(f)
+        return f
+    return decorate
+
+
+def _defend_all(runner, quiet: bool, dataset, attack, defenses: list[str], seed, budget):
+    from .progress import NullProgress, RichProgress
+    from .runner.inspect import defend_one
+
+    progress = NullProgress() if quiet else RichProgress()
+    runner.progress = progress
+    with progress:
+        progress.start_grid(len(defenses))
+        out = []
+        for defense in defenses:
+            progress.start_cell(f"{dataset} / {attack} / {defense} / seed {seed}")
+            out.append(defend_one(runner, dataset, attack, defense, seed, budget))
+            progress.end_cell("trained")
+    return out
+
+
+@plot.command("pca")
+@cell_options("tnr")
+@click.option("--versus", default="none", show_default=True,
+              help="The left panel's model: 'none' (normal training, no reconstruction) or e.g. 'tnr[rec_weight=0, tv_weight=0]'.")
+@click.option("--source", default=None, type=int, help="Source class [default: the first class that is not the target].")
+@click.option("--split", default=None, type=int, help="Where to cut models that do not know their stem [default: the architecture's].")
+@click.option("--out", default="pca.png", show_default=True, type=click.Path(dir_okay=False))
+def plot_pca(dataset, attack, defense, seed, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet,
+             versus, source, split, out):
+    """Stem features of clean target-class, clean source-class and poisoned source-class test images,
+    projected by PCA: the --versus model beside the --defense model (the paper's Figure 2)."""
+    _load_plugins(plugins)
+    from .report.plots import pca_figure
+    from .runner.inspect import stem_features
+
+    runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
+    trained = _defend_all(runner, quiet, dataset, attack, [versus, defense], seed, budget)
+    cell, outcome = trained[-1]
+    test, target = outcome.splits.test, cell.attack.params.target
+    classes = [c for c in range(outcome.splits.num_classes) if c != target]
+    source = classes[0] if source is None else source
+    if source not in classes:
+        raise BenchbdError(f"--source {source} is invalid: valid classes other than the target {target}: 0..{outcome.splits.num_classes - 1}")
+    source_images = test.images[test.labels == source]
+    triggered = cell.attack.apply(source_images)
+    if torch_equal(triggered, source_images):
+        raise BenchbdError(f"attack {cell.attack.name} changes no image, so there is no poisoned group to plot")
+    groups = {"clean target": test.images[test.labels == target], "clean source": source_images, "poisoned source": triggered}
+    panels = [(label, {name: stem_features(o, images, split) for name, images in groups.items()})
+              for label, (_, o) in zip((versus, defense), trained)]
+    path = pca_figure(panels, out, f"{cell.dataset_name} / {cell.attack.name}: stem features (target {target}, source {source})")
+    click.echo(f"wrote {path}")
+
+
+def torch_equal(a, b) -> bool:
+    import torch
+    return bool(torch.equal(a, b))
+
+
+@plot.command("recon")
+@cell_options("tnr")
+@click.option("--count", default=8, show_default=True, help="Images per row.")
+@click.option("--out", default="recon.png", show_default=True, type=click.Path(dir_okay=False))
+def plot_recon(dataset, attack, defense, seed, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet, count, out):
+    """Test images, clean and triggered, and their reconstructions by T&R's stage-1 decoder (Figure 4)."""
+    _load_plugins(plugins)
+    from .report.plots import recon_figure
+    from .runner.inspect import reconstructions
+
+    if count < 1:
+        raise BenchbdError(f"--count {count} is invalid: must be at least 1")
+    runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
+    (cell, outcome), = _defend_all(runner, quiet, dataset, attack, [defense], seed, budget)
+    test = outcome.splits.test
+    images = test.images[test.labels != cell.attack.params.target][:count]
+    clean, clean_rec = reconstructions(outcome, images)
+    triggered, triggered_rec = reconstructions(outcome, cell.attack.apply(images))
+    rows = [("clean", clean), ("reconstructed", clean_rec), ("triggered", triggered), ("reconstructed", triggered_rec)]
+    mse = outcome.context.metrics.get("recon_mse")
+    title = f"{cell.dataset_name} / {cell.attack.name} / {defense}" + (f": holdout recon MSE {mse:.4f}" if mse is not None else "")
+    click.echo(f"wrote {recon_figure(rows, out, title)}")
+
+
+@plot.command("scatter")
+@click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option("--experiment", default=None, help="Only this experiment's cells.")
+@click.option("--dataset", "datasets", default=None, help="Only these datasets (comma-separated).")
+@click.option("--budget", "budgets", default=None, help="Only these budgets (comma-separated).")
+@click.option("--out", default="scatter.png", show_default=True, type=click.Path(dir_okay=False))
+def plot_scatter(results_dir, experiment, datasets, budgets, out):
+    """CA against ASR for every cell of a results directory, one marker per defense."""
+    from .report.plots import scatter_figure
+    from .report.tables import build_grids
+    from .runner import Results
+
+    if not Path(results_dir).is_dir():
+        raise BenchbdError(f"results directory '{results_dir}' does not exist: run `benchbd run` first or pass --results DIR")
+    chosen, members = _experiment_members(experiment, results_dir)
+    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
+    grids = build_grids(Results(results_dir).load(), None, split(datasets), split(budgets), (), chosen, members)
+    click.echo(f"wrote {scatter_figure(grids, out, 'CA against ASR per cell (mean over seeds)')}")
+
+
+def _experiment_members(experiment, results_dir):
+    if not experiment:
+        return None, None
+    from . import experiments
+
+    chosen = experiments.load(experiment)
+    return chosen, experiments.Membership(results_dir, chosen.name).read()
 
 
 if __name__ == "__main__":

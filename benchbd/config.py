@@ -51,26 +51,35 @@ def load_user_config(path: str | Path) -> dict:
     return data
 
 
-def parse_set(items: typing.Iterable[str]) -> dict:
+def parse_set(items: typing.Iterable[str], origin: str = "--set") -> dict:
     """`--set attack.blend.alpha=0.1` (one component) or `attack.poison_ratio=0.05` (all of a kind)
     into a layer dict. Values are parsed as YAML scalars/lists (0.1, true, [1, 2], text)."""
-    layer: dict = {}
+    pairs = []
     for item in items:
         key, sep, raw = item.partition("=")
-        parts = key.strip().split(".")
-        if not sep or len(parts) < 2 or not all(parts) or parts[0] not in KINDS:
-            raise BenchbdError(
-                f"malformed --set '{item}': expected KIND.NAME.PARAM=VALUE or KIND.PARAM=VALUE "
-                f"with KIND one of {', '.join(KINDS)}"
-            )
+        if not sep:
+            raise BenchbdError(f"malformed {origin} '{item}': expected KIND.NAME.PARAM=VALUE or KIND.PARAM=VALUE "
+                               f"with KIND one of {', '.join(KINDS)}")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
-        kind, rest = parts[0], parts[1:]
-        target = layer.setdefault(kind, {})
-        # KIND.PARAM applies to every component of the kind; KIND.NAME.PARAM[.SUB] to one.
-        target.setdefault("_set", []).append((rest, value))
+        pairs.append((key, value))
+    return set_layer(pairs, origin)
+
+
+def set_layer(pairs: typing.Iterable[tuple[str, Any]], origin: str = "--set") -> dict:
+    """(KIND[.NAME].PARAM, value) pairs, values already typed, into a layer dict."""
+    layer: dict = {}
+    for key, value in pairs:
+        parts = str(key).strip().split(".")
+        if len(parts) < 2 or not all(parts) or parts[0] not in KINDS:
+            raise BenchbdError(
+                f"malformed {origin} '{key}': expected KIND.NAME.PARAM or KIND.PARAM "
+                f"with KIND one of {', '.join(KINDS)}"
+            )
+        # KIND.PARAM applies to every component of the kind that has PARAM; KIND.NAME.PARAM[.SUB] to one.
+        layer.setdefault(parts[0], {}).setdefault("_set", []).append((parts[1:], value))
     return layer
 
 
@@ -84,16 +93,21 @@ def deep_merge(base: dict, update: dict) -> dict:
     return out
 
 
-def _section_values(section: dict, name: str, dataset: str) -> dict:
-    """General then per-dataset values of one layer's section for `name`."""
+def _section_values(section: dict, name: str, dataset: str, fields: set[str] | None) -> dict:
+    """General then per-dataset values of one layer's section for `name`. `_all` values reach
+    only components that have the parameter (`fields`; None = every one)."""
+    def entry(entry_name: str, values: dict) -> dict:
+        values = {k: v for k, v in values.items() if k != PER_DATASET}
+        if entry_name == ALL and fields is not None:
+            values = {k: v for k, v in values.items() if k in fields}
+        return values
+
     values: dict = {}
     for entry_name in (ALL, name):
-        entry = dict(section.get(entry_name) or {})
-        entry.pop(PER_DATASET, None)
-        values = deep_merge(values, entry)
+        values = deep_merge(values, entry(entry_name, section.get(entry_name) or {}))
     for entry_name in (ALL, name):
         per = ((section.get(entry_name) or {}).get(PER_DATASET) or {}).get(dataset) or {}
-        values = deep_merge(values, per)
+        values = deep_merge(values, entry(entry_name, per))
     return values
 
 
@@ -114,30 +128,50 @@ class Layers:
     user: dict = field(default_factory=dict)
     cli: dict = field(default_factory=dict)
 
-    def resolve(self, kind: str, name: str, dataset: str) -> dict:
+    def resolve(self, kind: str, name: str, dataset: str, fields: set[str] | None = None) -> dict:
+        """Merged values for one component; `fields` limits what `_all` / KIND.PARAM reach."""
         values: dict = {}
         for layer in (self.package, self.user):
-            values = deep_merge(values, _section_values(layer.get(kind) or {}, name, dataset))
+            values = deep_merge(values, _section_values(layer.get(kind) or {}, name, dataset, fields))
         for path, value in (self.cli.get(kind) or {}).get("_set", []):
             if len(path) == 1 or path[0] == ALL:
-                values = deep_merge(values, _nest(path[-1:] if len(path) == 1 else path[1:], value))
+                rest = path[-1:] if len(path) == 1 else path[1:]
+                if fields is None or rest[0] in fields:
+                    values = deep_merge(values, _nest(rest, value))
             elif path[0] == name:
                 values = deep_merge(values, _nest(path[1:], value))
         return values
 
     def params(self, kind: str, name: str, dataset: str, cls: type, **overrides):
         """The typed, validated parameters of one component on one dataset (`overrides` last)."""
-        return build_params(cls, {**self.resolve(kind, name, dataset), **overrides}, f"{kind}.{name}")
+        fields = {f.name for f in dataclasses.fields(cls)}
+        return build_params(cls, {**self.resolve(kind, name, dataset, fields), **overrides}, f"{kind}.{name}")
 
-    def check_names(self, kind: str, known: typing.Iterable[str]) -> None:
-        """Refuse a user-config section or a --set that names a component that does not exist."""
-        known = set(known) | {ALL}
+    def with_sets(self, first: dict) -> "Layers":
+        """These layers with a further CLI-level layer `first` (a `set_layer`) applied before this one's --set."""
+        cli = {kind: {"_set": (first.get(kind) or {}).get("_set", []) + (self.cli.get(kind) or {}).get("_set", [])}
+               for kind in set(first) | set(self.cli)}
+        return Layers(self.package, self.user, cli)
+
+    def check_names(self, kind: str, classes: dict[str, type]) -> None:
+        """Refuse a user-config section or a --set that names a component that does not exist, and
+        an `_all` / KIND.PARAM parameter that no component of the kind has.
+
+        `classes`: name -> Params dataclass of every registered component of the kind."""
+        known = set(classes) | {ALL}
         named = [(key, "config file") for key in (self.user.get(kind) or {})]
         named += [(path[0], "--set") for path, _ in (self.cli.get(kind) or {}).get("_set", []) if len(path) >= 2]
         for key, origin in named:
             if key not in known:
                 valid = ", ".join(sorted(known - {ALL}))
                 raise BenchbdError(f"unknown {kind} '{key}' in {origin}{did_you_mean(key, known)}; valid: {valid}")
+        fields = {f.name for cls in classes.values() for f in dataclasses.fields(cls)}
+        general = [(k, "config file") for k in (self.user.get(kind) or {}).get(ALL) or {} if k != PER_DATASET]
+        general += [(path[-1] if len(path) == 1 else path[1], "--set") for path, _ in (self.cli.get(kind) or {}).get("_set", [])
+                    if len(path) == 1 or path[0] == ALL]
+        for key, origin in general:
+            if key not in fields:
+                raise BenchbdError(f"unknown parameter '{kind}.{key}' in {origin}: no {kind} has it{did_you_mean(key, fields)}")
 
 
 def _strip_optional(tp: Any) -> tuple[Any, bool]:

@@ -9,6 +9,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 class NullProgress:
     """Reports nowhere: the default for library use and for tests."""
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
     def start_grid(self, total: int) -> None:
         """A grid of `total` cells begins."""
 

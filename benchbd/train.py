@@ -167,13 +167,17 @@ class Trainer:
         self.progress.end_run()
         return model
 
+    def inputs(self, images: torch.Tensor, batch_size: int = 1024):
+        """Yield (start index, float model inputs on the device) over `images`, without augmentation."""
+        for start in range(0, len(images), batch_size):
+            yield start, self.pipeline.test(images[start: start + batch_size].to(self.device))
+
     @torch.no_grad()
     def logits(self, model: nn.Module, images: torch.Tensor, batch_size: int = 1024):
         """Yield (start index, float logits) over `images` in eval mode, without augmentation."""
         model = self.prepare(model)
         model.eval()
-        for start in range(0, len(images), batch_size):
-            x = self.pipeline.test(images[start: start + batch_size].to(self.device))
+        for start, x in self.inputs(images, batch_size):
             with self.autocast():
                 yield start, model(x).float()
 

@@ -44,7 +44,7 @@ def test_malformed_set_is_one_line(bad):
 def test_set_naming_an_unknown_component_suggests():
     layers = Layers(cli=parse_set(["attack.blnd.alpha=0.1"]))
     with pytest.raises(BenchbdError, match=r"unknown attack 'blnd' in --set \(did you mean 'blend'\?\)"):
-        layers.check_names("attack", ATTACKS.names())
+        layers.check_names("attack", {n: ATTACKS.get(n).Params for n in ATTACKS.names()})
 
 
 @dataclass

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from . import (  # noqa: F401  (registration)
-    badnet_grid, badnet_white, blend, l0_invisible, l2_invisible, lba, lcba, sig, smooth, trojan_sq, trojan_wm,
+    badnet_grid, badnet_white, blend, clean, l0_invisible, l2_invisible, lba, lcba, sig, smooth, trojan_sq, trojan_wm,
 )
 from .base import ATTACKS, Attack, AttackParams, AttackTools
 

@@ -77,7 +77,7 @@ class Attack(abc.ABC):
     in_all = True                     # expanded by `--attacks all`
     version = 1                       # bump when the trigger changes: cached poisoned splits are rebuilt
     assets: tuple[str, ...] = ()
-    image_sizes: tuple[int, ...] = (32,)  # image sizes this trigger is defined for
+    image_sizes: tuple[int, ...] | None = (32,)  # image sizes this trigger is defined for (None: any)
     trains_surrogate = False          # poisoning trains a model through AttackTools (lcba)
 
     def __init__(self, params: AttackParams, num_classes: int, image_size: int, name: str = ""):
@@ -87,7 +87,7 @@ class Attack(abc.ABC):
         self.name = name or type(self).__name__.lower()
         if params.target >= num_classes:
             raise BenchbdError(f"attack.{self.name}.target={params.target} is out of range: valid 0..{num_classes - 1}")
-        if image_size not in self.image_sizes:
+        if self.image_sizes is not None and image_size not in self.image_sizes:
             raise BenchbdError(f"attack {self.name} has no trigger for {image_size}x{image_size} images; "
                                f"it is defined for sizes {', '.join(map(str, self.image_sizes))}")
 

@@ -33,13 +33,16 @@ def default_data_root() -> Path:
 @dataclass
 class DatasetParams:
     holdout_fraction: float = 0.05
+    # Defenses get only this many holdout images (a seeded random subset): how much clean data the
+    # defender needs (Table 9). The training split and the backdoored model do not change.
+    holdout_size: Optional[int] = None
     model: str = "wrn16_1"
     limit_train: Optional[int] = None  # first N training images only (a slice for quick runs)
     limit_test: Optional[int] = None
 
     def __post_init__(self):
         check(0 < self.holdout_fraction < 1, f"holdout_fraction={self.holdout_fraction} must be in (0, 1)")
-        for name in ("limit_train", "limit_test"):
+        for name in ("limit_train", "limit_test", "holdout_size"):
             value = getattr(self, name)
             check(value is None or value > 0, f"{name}={value} must be positive")
 

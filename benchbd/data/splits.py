@@ -75,3 +75,11 @@ def split_holdout(train: Split, test: Split, num_classes: int, holdout_fraction:
     order = torch.randperm(len(train), generator=generator(seed, "holdout"))
     n_holdout = int(round(holdout_fraction * len(train)))
     return Splits(train.subset(order[n_holdout:].sort().values), train.subset(order[:n_holdout].sort().values), test, num_classes)
+
+
+def limit_holdout(holdout: Split, size: int | None, seed: int) -> Split:
+    """The defender's share of the holdout: `size` images drawn at random (seeded), or all of it."""
+    if size is None or size >= len(holdout):
+        return holdout
+    order = torch.randperm(len(holdout), generator=generator(seed, "holdout_size"))
+    return holdout.subset(order[:size].sort().values)

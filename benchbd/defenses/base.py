@@ -45,6 +45,8 @@ class DefenseContext:
     holdout: Split | None = None
     backdoored_model: SplitNet | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # extra numbers for the result row
+    # Intermediate models a defense exposes for figures (T&R: "reconstruction", its stage-1 network)
+    artifacts: dict[str, nn.Module] = field(default_factory=dict)
 
     def need(self, what: Need):
         value = {Need.POISONED_TRAIN: self.poisoned_train, Need.HOLDOUT: self.holdout, Need.BACKDOORED_MODEL: self.backdoored_model}[what]

@@ -58,6 +58,12 @@ class TrapNet(nn.Module):
     def forward(self, x):
         return self.head(self.stem(x))
 
+    def stem_features(self, x):
+        return self.stem(x)
+
+    def reconstruct(self, x):
+        return self.decoder(self.stem(x))
+
     def trap_loss(self, x, y, rec_weight: float, tv_weight: float):
         features = self.stem(x)
         logits = self.head(features)
@@ -66,6 +72,29 @@ class TrapNet(nn.Module):
             rec = self.decoder(features).float()
             loss = loss + rec_weight * F.mse_loss(rec, x.float()) + tv_weight * total_variation(rec)
         return loss
+
+
+class ReplacedHead(nn.Sequential):
+    """Stage 2's model: the frozen stage-1 stem, then the new head."""
+
+    def __init__(self, stem: nn.Module, head: nn.Module):
+        super().__init__(Frozen(stem), head)
+
+    def stem_features(self, x):
+        return self[0](x)
+
+
+@torch.no_grad()
+def reconstruction_mse(trainer, trapped: TrapNet, data) -> float:
+    """Mean squared error of the decoder's reconstruction of `data` (un-augmented, in [0, 1])."""
+    trapped = trainer.prepare(trapped).eval()
+    total, count = 0.0, 0
+    for _, x in trainer.inputs(data.images, 512):
+        with trainer.autocast():
+            rec = trapped.reconstruct(x).float()
+        total += F.mse_loss(rec, x.float(), reduction="sum").item()
+        count += x.numel()
+    return total / max(count, 1)
 
 
 @DEFENSES.register("tnr", aliases=("trap_and_replace", "t&r"))
@@ -94,13 +123,16 @@ class TrapAndReplace(Defense):
             return model.trap_loss(x, y, p.rec_weight, p.tv_weight)
 
         ctx.trainer.fit(trapped, ctx.need(Need.POISONED_TRAIN), p.stage1, loss=loss, desc="T&R stage 1")
+        if p.rec_weight > 0:  # Table 8's column; on the clean holdout, which stage 1 never saw
+            ctx.metrics["recon_mse"] = reconstruction_mse(ctx.trainer, trapped, ctx.need(Need.HOLDOUT))
+            ctx.artifacts["reconstruction"] = trapped
         return trapped
 
     def stage2(self, ctx: DefenseContext, trapped: TrapNet) -> nn.Module:
         """Freeze the stem (BatchNorm in eval mode); train a fresh head on the clean holdout."""
         p = self.params
         head = ctx.new_model(dropout=p.head_dropout).head(trapped.split)
-        model = nn.Sequential(Frozen(trapped.stem), head)
+        model = ReplacedHead(trapped.stem, head)
 
         def loss(m, x, y, gen):
             if not p.cutmix:

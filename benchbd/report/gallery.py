@@ -7,18 +7,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..errors import BenchbdError
-
-
-def pyplot():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        raise BenchbdError("figures need matplotlib: pip install 'benchbd[figures]'") from None
-    return plt
+from .figures import pyplot, save
 
 
 def attack_gallery(attacks: list, image: torch.Tensor, out: Path | str, amplify: float = 5.0, title: str = "") -> Path:
@@ -37,11 +26,4 @@ def attack_gallery(attacks: list, image: torch.Tensor, out: Path | str, amplify:
         axes[0][col].set_title(attack.name, fontsize=8)
     for row, text in enumerate(("clean", "triggered", f"|diff| x{amplify:g}")):
         axes[row][0].set_ylabel(text, fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, dpi=150)
-    plt.close(fig)
-    return out
+    return save(fig, out, title)

@@ -18,9 +18,16 @@ AVERAGE = "Average"
 
 
 def paper_table(name: str = "main") -> pd.DataFrame:
-    """The paper's numbers shipped with the package (Tables 1, 2, 3, 11, 12 as 'main')."""
-    with resources.files("benchbd.report").joinpath(f"paper_{name}_tables.csv").open() as f:
-        return pd.read_csv(f)
+    """The paper's numbers shipped with the package: 'main' (Tables 1, 2, 3, 11, 12) or
+    'ablations' (Tables 4, 5, 7, 8, 9, 10)."""
+    filename = {"main": "paper_main_tables.csv", "ablations": "paper_ablations.csv"}[name]
+    with resources.files("benchbd.report").joinpath(filename).open() as f:
+        return pd.read_csv(f, dtype={"setting": str, "experiment": str})
+
+
+def paper_rows() -> pd.DataFrame:
+    """Every shipped paper table in one frame (ablation rows carry `experiment` and `setting`)."""
+    return pd.concat([paper_table("main"), paper_table("ablations")], ignore_index=True)
 
 
 @dataclass
@@ -34,6 +41,7 @@ class Grid:
     seeds: pd.DataFrame
     paper: dict[str, pd.DataFrame] | None = None
     extra: tuple[str, ...] = ()       # further metrics from the rows' `metrics` (e.g. epsilon of dp)
+    caption: str = ""                 # what the grid shows, for an experiment
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -84,28 +92,79 @@ def variant_labels(rows: pd.DataFrame, column: str, sections: tuple[str, ...]) -
     return labels
 
 
+def _select(rows: pd.DataFrame, column: str, chosen: list[str] | None) -> pd.DataFrame:
+    if not chosen:
+        return rows
+    present = _ordered(rows[column])
+    for value in chosen:
+        if value not in present:
+            raise unknown(column + " in results", value, present)
+    return rows[rows[column].isin(chosen)]
+
+
+def _experiment_rows(rows: pd.DataFrame, experiment, members: dict[str, list[str]]) -> pd.DataFrame:
+    """The experiment's rows, one copy per column they belong to, labelled with the column's name.
+    A column rerun with other settings keeps only its newest row per (attack, seed)."""
+    parts = []
+    for column in experiment.columns:
+        part = rows[rows["cell_key"].isin(members.get(column.name, []))]
+        parts.append(part.assign(defense=column.name, defense_name=column.defense))
+    out = pd.concat(parts, ignore_index=True).drop_duplicates(["dataset", "budget", "defense", "attack", "seed"], keep="last")
+    if out.empty:
+        raise BenchbdError(f"no finished cells of experiment {experiment.name} yet: run `benchbd run --experiment {experiment.name}`")
+    return out.assign(attack_name=out["attack"])
+
+
+def _experiment_paper(experiment, attacks: list[str], paper_dataset: str, metric: str) -> pd.DataFrame:
+    """The paper's values for each (attack, column) of an experiment."""
+    paper = paper_rows()
+    general = {k: v for k, v in experiment.paper.items() if k != "attacks"}
+    renamed = experiment.paper.get("attacks") or {}
+    table = pd.DataFrame(index=attacks, columns=[c.name for c in experiment.columns], dtype=float)
+    for column in experiment.columns:
+        wanted = {**general, **column.paper}
+        if "setting" not in wanted and "defense" not in wanted:  # ablation rows by setting name, main rows by defense
+            if "experiment" in wanted:
+                wanted["setting"] = column.name
+            else:
+                wanted["defense"] = column.defense
+        match = paper[paper["dataset"] == paper_dataset]
+        for key, value in wanted.items():
+            match = match[match[key].astype(str) == str(value)]
+        values = dict(zip(match["attack"], match[metric]))
+        for attack in attacks:
+            table.at[attack, column.name] = values.get(renamed.get(attack, attack), float("nan"))
+    return table
+
+
 def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[str] | None = None, budgets: list[str] | None = None,
-                extra: tuple[str, ...] = ()) -> list[Grid]:
+                extra: tuple[str, ...] = (), experiment=None, members: dict[str, list[str]] | None = None) -> list[Grid]:
+    """One Grid per (dataset, budget). With `experiment`, only its cells, one column per setting."""
+    if experiment is not None and not members:
+        raise BenchbdError(f"no results of experiment {experiment.name} in this results directory: "
+                           f"run `benchbd run --experiment {experiment.name}` first")
     if rows.empty:
         raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
     rows = rows.sort_values("finished_at", kind="stable")
-    for column, chosen in (("dataset", datasets), ("budget", budgets)):
-        if chosen:
-            present = _ordered(rows[column])
-            for value in chosen:
-                if value not in present:
-                    raise unknown(column + " in results", value, present)
-            rows = rows[rows[column].isin(chosen)]
+    rows = _select(_select(rows, "dataset", datasets), "budget", budgets)
+    if experiment is not None:
+        rows = _experiment_rows(rows, experiment, members or {})
+        extra = tuple(dict.fromkeys([*experiment.extra, *extra]))
     paper = paper_table() if compare == "paper" else None
     grids = []
     for (dataset, budget), part in rows.groupby(["dataset", "budget"], sort=False):
-        part = part.assign(attack_name=part["attack"], defense_name=part["defense"],
-                           attack=variant_labels(part, "attack", ("attack",)),
-                           defense=variant_labels(part, "defense", ("defense", "train", "dataset")))
+        if experiment is None:
+            part = part.assign(attack_name=part["attack"], defense_name=part["defense"],
+                               attack=variant_labels(part, "attack", ("attack",)),
+                               defense=variant_labels(part, "defense", ("defense", "train", "dataset")))
         base_attack = dict(zip(part["attack"], part["attack_name"]))
         base_defense = dict(zip(part["defense"], part["defense_name"]))
-        attacks = _paper_order(_ordered(part["attack"]), base_attack, "attack")
-        defenses = _paper_order(_ordered(part["defense"]), base_defense, "defense")
+        if experiment is None:
+            attacks = _paper_order(_ordered(part["attack"]), base_attack, "attack")
+            defenses = _paper_order(_ordered(part["defense"]), base_defense, "defense")
+        else:
+            attacks = [a for a in experiment.attacks if a in base_attack] + [a for a in _ordered(part["attack"]) if a not in experiment.attacks]
+            defenses = [c.name for c in experiment.columns if c.name in base_defense]
         for m in extra:
             part[m] = pd.to_numeric(part["metrics"].map(lambda d: (d or {}).get(m)) if "metrics" in part else float("nan"), errors="coerce")
         grouped = part.groupby(["attack", "defense"])
@@ -113,29 +172,36 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
         mean = {m: grouped[m].mean().unstack().reindex(index=attacks, columns=defenses) for m in metrics}
         std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in metrics}
         seeds = grouped["seed"].nunique().unstack().reindex(index=attacks, columns=defenses)
-        for m in metrics:
-            mean[m].loc[AVERAGE] = mean[m].mean(axis=0)
-            std[m].loc[AVERAGE] = float("nan")
-        grid = Grid(dataset, budget, mean, std, seeds, extra=tuple(extra))
-        if paper is not None:
+        averaged = len(attacks) > 1  # an Average row over one attack would only repeat it
+        if averaged:
+            for m in metrics:
+                mean[m].loc[AVERAGE] = mean[m].mean(axis=0)
+                std[m].loc[AVERAGE] = float("nan")
+        caption = f"{experiment.reproduces or experiment.name}: {experiment.title}" if experiment is not None else ""
+        grid = Grid(dataset, budget, mean, std, seeds, extra=tuple(extra), caption=caption)
+        if compare == "paper":
             paper_name = part["paper_dataset"].iloc[0] if "paper_dataset" in part else dataset
-            main = paper[paper["table"].isin([1, 2, 3]) & (paper["dataset"] == paper_name)].copy()
             grid.paper = {}
-            for m in METRICS:
-                table = main[main["attack"] != "average"].pivot_table(index="attack", columns="defense", values=m)
-                table = table.reindex(index=[base_attack[a] for a in attacks], columns=[base_defense[d] for d in defenses])
-                table.index, table.columns = attacks, defenses
-                # the paper's average over the attacks of this grid, so the Average rows compare like with like
-                table.loc[AVERAGE] = table.mean(axis=0)
+            paper_metrics = METRICS if experiment is None else [m for m in metrics if m in paper_rows()]
+            for m in paper_metrics:
+                if experiment is not None:
+                    table = _experiment_paper(experiment, attacks, paper_name, m)
+                else:
+                    main = paper[paper["table"].isin([1, 2, 3]) & (paper["dataset"] == paper_name)]
+                    table = main[main["attack"] != "average"].pivot_table(index="attack", columns="defense", values=m)
+                    table = table.reindex(index=[base_attack[a] for a in attacks], columns=[base_defense[d] for d in defenses])
+                    table.index, table.columns = attacks, defenses
+                if averaged:  # the paper's average over the attacks of this grid, so the Average rows compare like with like
+                    table.loc[AVERAGE] = table.mean(axis=0)
                 grid.paper[m] = table
         grids.append(grid)
     return grids
 
 
-def _fmt(mean: float, std: float, n: float) -> str:
+def _fmt(mean: float, std: float, n: float, spec: str = ".2f") -> str:
     if mean is None or (isinstance(mean, float) and math.isnan(mean)):
         return "–"
-    return f"{mean:.2f} ± {std:.2f}" if n and n > 1 and not math.isnan(std) else f"{mean:.2f}"
+    return f"{mean:{spec}} ± {std:{spec}}" if n and n > 1 and not math.isnan(std) else f"{mean:{spec}}"
 
 
 def _best(grid: Grid, attack: str) -> dict[str, set[str]]:
@@ -149,11 +215,13 @@ def _best(grid: Grid, attack: str) -> dict[str, set[str]]:
 
 def _columns(grid: Grid) -> list[tuple[str, str, str]]:
     """(defense, metric, kind) for each column; kind is ours, paper or diff."""
-    kinds = ("ours", "paper", "diff") if grid.paper is not None else ("ours",)
+    def kinds(metric: str) -> tuple[str, ...]:
+        return ("ours", "paper", "diff") if grid.paper is not None and metric in grid.paper else ("ours",)
+
     columns = []
     for d in grid.defenses:
-        columns += [(d, m, k) for m in METRICS for k in kinds]
-        columns += [(d, m, "ours") for m in grid.extra if grid.mean[m][d].notna().any()]
+        columns += [(d, m, k) for m in METRICS for k in kinds(m)]
+        columns += [(d, m, k) for m in grid.extra if grid.mean[m][d].notna().any() for k in kinds(m)]
     return columns
 
 
@@ -164,16 +232,18 @@ def _header(metric: str, kind: str) -> str:
 
 def _cell(grid: Grid, attack: str, defense: str, metric: str, kind: str) -> tuple[str, float]:
     mean = grid.mean[metric].at[attack, defense]
+    spec = ".2f" if metric in METRICS else ".4g"  # percentages; other metrics (epsilon, recon MSE) by significant digits
     if kind == "ours":
         n = grid.seeds.at[attack, defense] if attack in grid.seeds.index else 1
-        return _fmt(mean, grid.std[metric].at[attack, defense], n), mean
+        return _fmt(mean, grid.std[metric].at[attack, defense], n, spec), mean
     paper = grid.paper[metric].at[attack, defense]
     value = paper if kind == "paper" else mean - paper
-    return ("–" if pd.isna(value) else (f"{value:+.2f}" if kind == "diff" else f"{value:.2f}")), value
+    return ("–" if pd.isna(value) else (f"{value:+{spec}}" if kind == "diff" else f"{value:{spec}}")), value
 
 
 def _title(grid: Grid) -> str:
-    return f"{grid.dataset} (budget {grid.budget}): ASR / CA in %"
+    title = f"{grid.dataset} (budget {grid.budget}): ASR / CA in %"
+    return f"{grid.caption}. {title}" if grid.caption else title
 
 
 def to_markdown(grid: Grid) -> str:
@@ -241,19 +311,20 @@ def to_csv(grids: list[Grid]) -> str:
                 for m in grid.metrics:
                     rec[m] = grid.mean[m].at[attack, defense]
                     rec[f"{m}_std"] = grid.std[m].at[attack, defense]
-                    if grid.paper is not None and m in METRICS:
+                    if grid.paper is not None and m in grid.paper:
                         rec[f"{m}_paper"] = grid.paper[m].at[attack, defense]
                         rec[f"{m}_diff"] = rec[m] - rec[f"{m}_paper"]
                 records.append(rec)
     return pd.DataFrame(records).round(4).to_csv(index=False)
 
 
-def render(rows: pd.DataFrame, fmt: str = "markdown", compare: str | None = None, datasets=None, budgets=None, extra=()) -> str:
+def render(rows: pd.DataFrame, fmt: str = "markdown", compare: str | None = None, datasets=None, budgets=None, extra=(),
+           experiment=None, members=None) -> str:
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
     if compare not in (None, "paper"):
         raise unknown("--compare source", compare, ["paper"])
-    grids = build_grids(rows, compare, datasets, budgets, tuple(extra))
+    grids = build_grids(rows, compare, datasets, budgets, tuple(extra), experiment, members)
     if fmt == "csv":
         return to_csv(grids)
     render_one = {"markdown": to_markdown, "latex": to_latex, "html": to_html}[fmt]

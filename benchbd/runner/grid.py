@@ -17,7 +17,7 @@ import torch
 from .. import __version__
 from ..attacks import ATTACKS, Attack, AttackTools
 from ..config import Layers, as_dict
-from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, parse_dataset_spec, split_holdout
+from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, limit_holdout, parse_dataset_spec, split_holdout
 from ..defenses import DEFENSES, Defense, DefenseContext, Need
 from ..errors import BenchbdError
 from ..models import MODELS, create_model
@@ -68,6 +68,18 @@ class Cell:
                             "defense_version": self.defense.version, "params": self.params(), "budget": self.budget})
 
 
+@dataclass
+class Defended:
+    """A cell's defended model with what produced it (for rows, and for figures that look inside)."""
+
+    model: torch.nn.Module
+    context: DefenseContext
+    splits: Splits
+    trainer: Trainer
+    cached: dict
+    started: float  # perf_counter() when the cell began
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     try:
@@ -90,17 +102,30 @@ class Runner:
         self._loaded: dict[str, LoadedData] = {}
 
     # ---- planning: every name and parameter is checked before anything trains
-    def plan(self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str) -> list[Cell]:
+    def plan(self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str,
+             layers: Layers | None = None) -> list[Cell]:
+        """Every cell of the grid, parameters resolved from `layers` (default: the runner's)."""
+        saved, self.layers = self.layers, layers or self.layers
+        try:
+            return self._plan(datasets, attacks, defenses, seeds, budget)
+        finally:
+            self.layers = saved
+
+    def _plan(self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str) -> list[Cell]:
         budget = BUDGETS.resolve(budget)
         attack_names = ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])
         defense_names = DEFENSES.expand(defenses)
         for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("dataset", DATASETS)):
-            self.layers.check_names(kind, registry.names())
-        self.layers.check_names("train", ["normal"])
+            self.layers.check_names(kind, {name: registry.get(name).Params for name in registry.names()})
+        self.layers.check_names("train", {"normal": TrainRecipe})
         cells = []
         for spec in datasets:
             label, name, dataset, data = self.dataset(spec)
             num_classes = len(data.classes)
+            n_holdout = int(round(dataset.params.holdout_fraction * len(data.train)))
+            if dataset.params.holdout_size is not None and dataset.params.holdout_size > n_holdout:
+                raise BenchbdError(f"dataset.{name}.holdout_size={dataset.params.holdout_size} is more than the holdout of {label} "
+                                   f"({n_holdout} images at holdout_fraction={dataset.params.holdout_fraction}): valid 1..{n_holdout}")
             recipe = self.layers.params("train", "normal", name, TrainRecipe)
             pipeline = dataset.pipeline
             architecture = create_model(dataset.params.model, num_classes, mean=pipeline.mean, std=pipeline.std)
@@ -149,8 +174,25 @@ class Runner:
                 self.progress.end_cell(f"ASR {row['asr']:.2f}  CA {row['ca']:.2f}  ({row['wall_time_s']:.0f}s)")
         return written
 
-    def run_cell(self, cell: Cell) -> dict:
-        start = time.perf_counter()
+    def run_cell(self, cell: Cell, outcome: "Defended | None" = None) -> dict:
+        """The result row of a cell; `outcome`: the cell already defended (by a figure), to evaluate."""
+        outcome = outcome or self.defend(cell)
+        self.progress.stage("evaluating")
+        ca, asr, n_asr = self.evaluate(outcome.trainer, outcome.model, cell.attack, outcome.splits.test)
+        splits = outcome.splits
+        return {
+            "cell_key": cell.key, "dataset": cell.dataset_name, "paper_dataset": cell.dataset.paper_dataset or cell.dataset_name, "attack": cell.attack.name, "defense": cell.defense.name,
+            "seed": cell.seed, "budget": cell.budget, "model": cell.model_name, "ca": ca, "asr": asr,
+            "n_test": len(splits.test), "n_asr": n_asr, "n_train": len(splits.train), "n_holdout": len(splits.holdout if outcome.context.holdout is None else outcome.context.holdout),
+            "params": cell.params(), "metrics": outcome.context.metrics, "cached": outcome.cached,
+            "wall_time_s": round(time.perf_counter() - outcome.started, 3), "device": self.device_name(),
+            "benchbd_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    def defend(self, cell: Cell) -> "Defended":
+        """Split, poison, train what the defense needs (cached), run the defense."""
+        started = time.perf_counter()
         data, seed = cell.data, cell.seed
         splits = split_holdout(data.train, data.test, len(data.classes), cell.dataset.params.holdout_fraction, seed)
         trainer = Trainer(cell.dataset.pipeline, BUDGETS.get(cell.budget), self.device, seed, self.progress)
@@ -171,21 +213,11 @@ class Runner:
                 ctx.backdoored_model, cached["backdoored_model"] = self.trained_model(
                     cell, trainer, new_model, "backdoored", {"poison": cell.poison_identity()}, poisoned.plus_clean(splits.holdout))
         if Need.HOLDOUT in needs:
-            ctx.holdout = splits.holdout
+            ctx.holdout = limit_holdout(splits.holdout, cell.dataset.params.holdout_size, seed)
         self.progress.stage(f"defense {cell.defense.name}")
         torch.manual_seed(derive(seed, f"defense:{cell.defense.name}"))
         model = cell.defense.run(ctx)
-        self.progress.stage("evaluating")
-        ca, asr, n_asr = self.evaluate(trainer, model, cell.attack, splits.test)
-        return {
-            "cell_key": cell.key, "dataset": cell.dataset_name, "paper_dataset": cell.dataset.paper_dataset or cell.dataset_name, "attack": cell.attack.name, "defense": cell.defense.name,
-            "seed": seed, "budget": cell.budget, "model": cell.model_name, "ca": ca, "asr": asr,
-            "n_test": len(splits.test), "n_asr": n_asr, "n_train": len(splits.train), "n_holdout": len(splits.holdout),
-            "params": cell.params(), "metrics": ctx.metrics, "cached": cached,
-            "wall_time_s": round(time.perf_counter() - start, 3), "device": self.device_name(),
-            "benchbd_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
+        return Defended(model, ctx, splits, trainer, cached, started)
 
     def device_name(self) -> str:
         if self.device.type == "cuda":

@@ -1,0 +1,91 @@
+"""The paper's analysis figures, drawn from tensors and result rows (no training here):
+Figure 2 (stem features by PCA), a CA-against-ASR scatter of a results directory, and Figure 4
+(images and their reconstructions by T&R's stage-1 decoder)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .figures import pyplot, save
+from .tables import AVERAGE, Grid
+
+GROUP_STYLE = {  # Figure 2's three groups
+    "clean target": dict(color="tab:blue", marker="o"),
+    "clean source": dict(color="tab:green", marker="^"),
+    "poisoned source": dict(color="tab:red", marker="x"),
+}
+MARKERS = "osD^vP*Xph<>8"
+
+
+def pca_projection(features: torch.Tensor, components: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Project rows of `features` [N, ...] (flattened) onto their top principal components.
+
+    Returns (coordinates [N, components], share of the variance each component explains).
+    Components are sign-fixed (largest loading positive) so figures do not flip between runs."""
+    x = features.reshape(len(features), -1).double()
+    x = x - x.mean(0, keepdim=True)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    basis = vh[:components]
+    signs = torch.sign(basis.gather(1, basis.abs().argmax(1, keepdim=True)))
+    basis = basis * signs
+    variance = s.pow(2)
+    return (x @ basis.T).float(), (variance[:components] / variance.sum()).float()
+
+
+def pca_figure(panels: list[tuple[str, dict[str, torch.Tensor]]], out: Path | str, title: str = "") -> Path:
+    """One panel per model: its features of each group, projected by a PCA fitted on that model's
+    features of all groups together."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
+    for ax, (label, groups) in zip(axes[0], panels):
+        names = list(groups)
+        coords, explained = pca_projection(torch.cat([groups[n] for n in names]))
+        start = 0
+        for name in names:
+            n = len(groups[name])
+            xy = coords[start: start + n].numpy()
+            ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5, label=f"{name} ({n})", **GROUP_STYLE.get(name, {}))
+            start += n
+        ax.set_title(label, fontsize=9)
+        ax.set_xlabel(f"PC1 ({100 * explained[0]:.0f}% of variance)", fontsize=8)
+        ax.set_ylabel(f"PC2 ({100 * explained[1]:.0f}%)", fontsize=8)
+        ax.legend(fontsize=7, markerscale=2)
+    return save(fig, out, title)
+
+
+def scatter_figure(grids: list[Grid], out: Path | str, title: str = "") -> Path:
+    """CA against ASR for every (attack, defense) cell (mean over seeds), one marker per defense,
+    one panel per (dataset, budget)."""
+    plt = pyplot()
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 4.2), squeeze=False)
+    for ax, grid in zip(axes[0], grids):
+        attacks = [a for a in grid.attacks if a != AVERAGE]
+        for i, defense in enumerate(grid.defenses):
+            asr = grid.mean["asr"].loc[attacks, defense].to_numpy(dtype=float)
+            ca = grid.mean["ca"].loc[attacks, defense].to_numpy(dtype=float)
+            ax.scatter(np.nan_to_num(asr, nan=0.0), ca, marker=MARKERS[i % len(MARKERS)], s=28, label=defense, alpha=0.8)
+        ax.set_xlabel("ASR (%)")
+        ax.set_ylabel("CA (%)")
+        ax.set_xlim(-3, 103)
+        ax.set_title(f"{grid.dataset} ({grid.budget})", fontsize=9)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    return save(fig, out, title)
+
+
+def recon_figure(rows: list[tuple[str, torch.Tensor]], out: Path | str, title: str = "") -> Path:
+    """A grid of images: one row per (label, uint8 [N, H, W, 3] batch)."""
+    plt = pyplot()
+    n = max(len(images) for _, images in rows)
+    fig, axes = plt.subplots(len(rows), n, figsize=(1.3 * n, 1.4 * len(rows)), squeeze=False)
+    for r, (label, images) in enumerate(rows):
+        for c in range(n):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c < len(images):
+                ax.imshow(images[c].cpu().numpy(), interpolation="nearest")
+        axes[r][0].set_ylabel(label, fontsize=8)
+    return save(fig, out, title)
