@@ -107,9 +107,14 @@ def _parse_seeds(text: str) -> list[int]:
 @plugin_option
 @click.option("--force", is_flag=True, help="Rerun cells that already have a result row.")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done) without training.")
+@click.option("--jobs-per-gpu", "--jobs-per-device", "jobs_per_gpu", type=int, default=None,
+              help="Cells at once on each GPU (or on the CPU) [default: from free GPU memory; 1 on a CPU].")
+@click.option("--executor", default="local", show_default=True, help="local (worker processes on this machine) or ray.")
+@click.option("--address", default=None, help="Ray cluster address for --executor ray (e.g. auto) [default: a local Ray].")
+@click.option("--retries", default=1, show_default=True, help="Reruns of a cell whose worker died, in the same run.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def run(datasets, attacks, defenses, experiment, seeds, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins,
-        force, dry_run, quiet):
+        force, dry_run, jobs_per_gpu, executor, address, retries, quiet):
     """Train every (dataset, attack, defense, seed) cell and write one result row per cell."""
     _load_plugins(plugins)
     from .progress import NullProgress, RichProgress
@@ -133,12 +138,19 @@ def run(datasets, attacks, defenses, experiment, seeds, budget, results_dir, cac
     if dry_run:
         _print_plan(cells, results, columns)
         return
+    from .runner.executors import ExecutorOptions, make_executor
+
+    chosen_executor = make_executor(executor, runner, cells, ExecutorOptions(device, jobs_per_gpu, retries, address))
     if experiment:
         experiments.Membership(results_dir, chosen.name).add(members)
     runner.progress = NullProgress() if quiet else RichProgress()
     with runner.progress:
-        written = runner.run(cells, force)
-    click.echo(f"{len(written)} cell(s) run, {len(cells) - len(written)} already done; results in {results_dir}/")
+        written = runner.run(cells, force, chosen_executor)
+    failed = [row for row in written if row.get("status") == "failed"]
+    total = len({cell.key for cell in cells})
+    click.echo(f"{len(written) - len(failed)} cell(s) run, {total - len(written)} already done"
+               + (f", {len(failed)} FAILED (see `benchbd table`; the next run retries them)" if failed else "")
+               + f"; results in {results_dir}/")
 
 
 def _runner(results_dir, cache_dir, data_root, device, config_file, sets):
@@ -157,10 +169,10 @@ def _print_plan(cells, results, columns: dict[str, str]) -> None:
         table.add_column(name)
     todo = 0
     for cell in cells:
-        done = results.has(cell.key)
+        done = results.done(cell.key)
         todo += not done
-        table.add_row(cell.dataset_name, cell.attack.name, cell.defense.name, columns.get(cell.key, ""), str(cell.seed), cell.budget,
-                      "done" if done else "to run")
+        status = "done" if done else ("failed earlier: to run" if results.has(cell.key) else "to run")
+        table.add_row(cell.dataset_name, cell.attack.name, cell.defense.name, columns.get(cell.key, ""), str(cell.seed), cell.budget, status)
     Console(width=int(os.environ.get("COLUMNS", 160))).print(table)
     click.echo(f"{todo} of {len(cells)} cell(s) to run")
 

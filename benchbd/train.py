@@ -98,6 +98,10 @@ def make_schedule(recipe: TrainRecipe, optimizer: torch.optim.Optimizer, epochs:
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: 1.0)
 
 
+class TrainingDiverged(RuntimeError):
+    """A training run's loss became NaN or infinite: the cell fails with this reason, the grid goes on."""
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -161,8 +165,11 @@ class Trainer:
                 value.backward()
                 optimizer.step()
                 total += value.detach()
-                last = step == steps - 1
-                self.progress.advance(1, f"epoch {epoch + 1}/{epochs} loss {total.item() / steps:.3f}" if last else None)
+                self.progress.advance(1)
+            mean_loss = total.item() / steps  # the one host read per epoch
+            if not math.isfinite(mean_loss):
+                raise TrainingDiverged(f"{desc}: the training loss is {mean_loss} in epoch {epoch + 1}/{epochs}")
+            self.progress.advance(0, f"epoch {epoch + 1}/{epochs} loss {mean_loss:.3f}")
             schedule.step()
         self.progress.end_run()
         return model

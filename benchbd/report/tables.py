@@ -42,6 +42,8 @@ class Grid:
     paper: dict[str, pd.DataFrame] | None = None
     extra: tuple[str, ...] = ()       # further metrics from the rows' `metrics` (e.g. epsilon of dp)
     caption: str = ""                 # what the grid shows, for an experiment
+    failed: frozenset = frozenset()   # (attack, defense) cells whose every row failed
+    failures: tuple[str, ...] = ()    # one line per failed row: where, and why
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -165,6 +167,13 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
         else:
             attacks = [a for a in experiment.attacks if a in base_attack] + [a for a in _ordered(part["attack"]) if a not in experiment.attacks]
             defenses = [c.name for c in experiment.columns if c.name in base_defense]
+        status = part["status"].fillna("ok") if "status" in part else pd.Series("ok", index=part.index)
+        ok_cells = set(zip(part.loc[status != "failed", "attack"], part.loc[status != "failed", "defense"]))
+        failed = frozenset(set(zip(part.loc[status == "failed", "attack"], part.loc[status == "failed", "defense"])) - ok_cells)
+        bad = part[status == "failed"]
+        failures = tuple(f"{a} / {d} / seed {seed}: {error}" for a, d, seed, error in
+                         zip(bad["attack"], bad["defense"], bad["seed"], bad.get("error", pd.Series("", index=bad.index))))
+        part = part[status != "failed"].copy()
         for m in extra:
             part[m] = pd.to_numeric(part["metrics"].map(lambda d: (d or {}).get(m)) if "metrics" in part else float("nan"), errors="coerce")
         grouped = part.groupby(["attack", "defense"])
@@ -178,7 +187,7 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
                 mean[m].loc[AVERAGE] = mean[m].mean(axis=0)
                 std[m].loc[AVERAGE] = float("nan")
         caption = f"{experiment.reproduces or experiment.name}: {experiment.title}" if experiment is not None else ""
-        grid = Grid(dataset, budget, mean, std, seeds, extra=tuple(extra), caption=caption)
+        grid = Grid(dataset, budget, mean, std, seeds, extra=tuple(extra), caption=caption, failed=failed, failures=failures)
         if compare == "paper":
             paper_name = part["paper_dataset"].iloc[0] if "paper_dataset" in part else dataset
             grid.paper = {}
@@ -234,6 +243,8 @@ def _cell(grid: Grid, attack: str, defense: str, metric: str, kind: str) -> tupl
     mean = grid.mean[metric].at[attack, defense]
     spec = ".2f" if metric in METRICS else ".4g"  # percentages; other metrics (epsilon, recon MSE) by significant digits
     if kind == "ours":
+        if (attack, defense) in grid.failed:
+            return "failed", float("nan")
         n = grid.seeds.at[attack, defense] if attack in grid.seeds.index else 1
         return _fmt(mean, grid.std[metric].at[attack, defense], n, spec), mean
     paper = grid.paper[metric].at[attack, defense]
@@ -257,6 +268,8 @@ def to_markdown(grid: Grid) -> str:
             text, _ = _cell(grid, attack, d, m, k)
             cells.append(f"**{text}**" if k == "ours" and d in best.get(m, ()) and text != "–" else text)
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+    if grid.failures:
+        lines += ["", "Failed cells (the next `benchbd run` retries them):", *(f"- {line}" for line in grid.failures)]
     return "\n".join(lines) + "\n"
 
 
@@ -280,7 +293,7 @@ def to_latex(grid: Grid) -> str:
             text = text.replace("±", r"$\pm$").replace("–", "--")
             cells.append(rf"\textbf{{{text}}}" if k == "ours" and d in best.get(m, ()) and text != "--" else text)
         out.append(f"{_tex(attack)} & " + " & ".join(cells) + r" \\")
-    out += [r"\hline", r"\end{tabular}"]
+    out += [r"\hline", r"\end{tabular}", *(f"% failed: {line}" for line in grid.failures)]
     return "\n".join(out) + "\n"
 
 
@@ -307,7 +320,8 @@ def to_csv(grids: list[Grid]) -> str:
         for attack in grid.attacks:
             for defense in grid.defenses:
                 rec = {"dataset": grid.dataset, "budget": grid.budget, "attack": attack, "defense": defense,
-                       "seeds": grid.seeds.at[attack, defense] if attack in grid.seeds.index else None}
+                       "seeds": grid.seeds.at[attack, defense] if attack in grid.seeds.index else None,
+                       "failed": (attack, defense) in grid.failed}
                 for m in grid.metrics:
                     rec[m] = grid.mean[m].at[attack, defense]
                     rec[f"{m}_std"] = grid.std[m].at[attack, defense]

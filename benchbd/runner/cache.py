@@ -2,12 +2,16 @@
 
 An artifact is a dict of tensors saved with torch.save, keyed by a hash of everything that
 determines it, with a sha256 sidecar. A corrupt or half-written entry is rebuilt with a warning.
+Concurrent cells (worker processes, Ray tasks on shared storage) that need the same artifact
+build it once: the builder holds a lock file, the others wait for it and then load.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -46,17 +50,42 @@ class Cache:
     def get_or_build(self, kind: str, identity: dict, build: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], bool]:
         """(artifact, True) from the cache, or (build(), False) after storing it."""
         path = self.path(kind, content_key(identity))
+        artifact = self._load(path)
+        if artifact is not None:
+            return artifact, True
+        with self._building(path):
+            artifact = self._load(path)  # built by another process while we waited
+            if artifact is not None:
+                return artifact, True
+            if path.exists():
+                self.warn(f"warning: cache entry {path} is corrupt or incomplete (checksum mismatch); rebuilding it")
+            artifact = build()
+            self._store(path, artifact, identity)
+        return artifact, False
+
+    @staticmethod
+    def _load(path: Path) -> dict[str, torch.Tensor] | None:
         checksum = path.with_suffix(".sha256")
-        if path.exists():
-            if checksum.exists() and checksum.read_text().strip() == file_sha256(path):
-                return torch.load(path, map_location="cpu", weights_only=True), True
-            self.warn(f"warning: cache entry {path} is corrupt or incomplete (checksum mismatch); rebuilding it")
-        artifact = build()
+        if path.exists() and checksum.exists() and checksum.read_text().strip() == file_sha256(path):
+            return torch.load(path, map_location="cpu", weights_only=True)
+        return None
+
+    @staticmethod
+    @contextmanager
+    def _building(path: Path):
         path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_suffix(".lock"), "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _store(path: Path, artifact: dict[str, torch.Tensor], identity: dict) -> None:
+        """Checksum first, then the artifact by rename: whoever sees the file sees its checksum."""
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         torch.save({k: v.detach().cpu() for k, v in artifact.items()}, tmp)
-        digest = file_sha256(tmp)
+        atomic_write_bytes(path.with_suffix(".sha256"), file_sha256(tmp).encode())
         os.replace(tmp, path)
-        atomic_write_bytes(checksum, digest.encode())
         atomic_write_bytes(path.with_suffix(".json"), json.dumps(identity, indent=1, sort_keys=True, default=str).encode())
-        return artifact, False

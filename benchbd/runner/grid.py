@@ -23,7 +23,7 @@ from ..errors import BenchbdError
 from ..models import MODELS, create_model
 from ..progress import NullProgress
 from ..seeding import derive
-from ..train import BUDGETS, Trainer, TrainRecipe, resolve_device
+from ..train import BUDGETS, Trainer, TrainingDiverged, TrainRecipe, resolve_device
 from .cache import Cache, content_key
 from .results import Results
 
@@ -158,21 +158,53 @@ class Runner:
         return self._loaded[key]
 
     # ---- running
-    def run(self, cells: list[Cell], force: bool = False) -> list[dict]:
-        """Run the cells not finished yet (all with `force`); return the rows written."""
+    def run(self, cells: list[Cell], force: bool = False, executor=None) -> list[dict]:
+        """Run the cells not finished yet (all with `force`); return the rows written.
+
+        A cell that fails (an exception, a diverging loss, a killed worker) gets a row with
+        status "failed" and its reason; the grid goes on, and the next run retries it."""
+        from .executors import Serial
+
+        executor = executor or Serial()
         written = []
         with self.results.lock():
-            self.progress.start_grid(len(cells))
-            for cell in cells:
-                self.progress.start_cell(cell.label)
-                if self.results.has(cell.key) and not force:
-                    self.progress.end_cell("done earlier, skipped")
-                    continue
-                row = self.run_cell(cell)
+            unique = list({cell.key: cell for cell in cells}.values())
+            pending = [cell for cell in unique if force or not self.results.done(cell.key)]
+            self.progress.start_grid(len(unique))
+            self.progress.skipped(len(unique) - len(pending))
+
+            def record(row: dict) -> None:
                 self.results.write(row)
                 written.append(row)
-                self.progress.end_cell(f"ASR {row['asr']:.2f}  CA {row['ca']:.2f}  ({row['wall_time_s']:.0f}s)")
+
+            executor.run(self, pending, record)
         return written
+
+    def safe_run_cell(self, cell: Cell) -> dict:
+        """The cell's row; a failed row (with the reason) instead of an exception."""
+        try:
+            return self.run_cell(cell)
+        except Exception as exc:  # noqa: BLE001 - one cell's failure must not stop the grid
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:500]
+            return self.failed_row(cell, reason)
+
+    def failed_row(self, cell: Cell, reason: str, wall_time_s: float = 0.0) -> dict:
+        return {**self._identity_row(cell), "status": "failed", "error": reason, "ca": float("nan"), "asr": float("nan"),
+                "wall_time_s": round(wall_time_s, 3)}
+
+    def _identity_row(self, cell: Cell) -> dict:
+        return {
+            "cell_key": cell.key, "dataset": cell.dataset_name, "paper_dataset": cell.dataset.paper_dataset or cell.dataset_name,
+            "attack": cell.attack.name, "defense": cell.defense.name, "seed": cell.seed, "budget": cell.budget, "model": cell.model_name,
+            "params": cell.params(), "device": self.device_name(), "benchbd_version": __version__, "git_commit": git_commit(),
+            "torch_version": torch.__version__, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+    @staticmethod
+    def summary(row: dict) -> str:
+        if row.get("status") == "failed":
+            return f"FAILED: {row['error']}"
+        return f"ASR {row['asr']:.2f}  CA {row['ca']:.2f}  ({row['wall_time_s']:.0f}s)"
 
     def run_cell(self, cell: Cell, outcome: "Defended | None" = None) -> dict:
         """The result row of a cell; `outcome`: the cell already defended (by a figure), to evaluate."""
@@ -180,15 +212,15 @@ class Runner:
         self.progress.stage("evaluating")
         ca, asr, n_asr = self.evaluate(outcome.trainer, outcome.model, cell.attack, outcome.splits.test)
         splits = outcome.splits
-        return {
-            "cell_key": cell.key, "dataset": cell.dataset_name, "paper_dataset": cell.dataset.paper_dataset or cell.dataset_name, "attack": cell.attack.name, "defense": cell.defense.name,
-            "seed": cell.seed, "budget": cell.budget, "model": cell.model_name, "ca": ca, "asr": asr,
-            "n_test": len(splits.test), "n_asr": n_asr, "n_train": len(splits.train), "n_holdout": len(splits.holdout if outcome.context.holdout is None else outcome.context.holdout),
-            "params": cell.params(), "metrics": outcome.context.metrics, "cached": outcome.cached,
-            "wall_time_s": round(time.perf_counter() - outcome.started, 3), "device": self.device_name(),
-            "benchbd_version": __version__, "git_commit": git_commit(), "torch_version": torch.__version__,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        row = {
+            **self._identity_row(cell), "status": "ok", "ca": ca, "asr": asr,
+            "n_test": len(splits.test), "n_asr": n_asr, "n_train": len(splits.train),
+            "n_holdout": len(splits.holdout if outcome.context.holdout is None else outcome.context.holdout),
+            "metrics": outcome.context.metrics, "cached": outcome.cached, "wall_time_s": round(time.perf_counter() - outcome.started, 3),
         }
+        if self.device.type == "cuda":
+            row["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
+        return row
 
     def defend(self, cell: Cell) -> "Defended":
         """Split, poison, train what the defense needs (cached), run the defense."""
@@ -216,7 +248,11 @@ class Runner:
             ctx.holdout = limit_holdout(splits.holdout, cell.dataset.params.holdout_size, seed)
         self.progress.stage(f"defense {cell.defense.name}")
         torch.manual_seed(derive(seed, f"defense:{cell.defense.name}"))
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         model = cell.defense.run(ctx)
+        if not all(bool(torch.isfinite(w).all()) for w in model.state_dict().values() if w.is_floating_point()):
+            raise TrainingDiverged(f"defense {cell.defense.name} returned a model with NaN or infinite weights")
         return Defended(model, ctx, splits, trainer, cached, started)
 
     def device_name(self) -> str:

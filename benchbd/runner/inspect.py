@@ -17,7 +17,7 @@ def defend_one(runner: Runner, dataset: str, attack: str, defense: str, seed: in
     column = Column.parse(defense)
     cell, = runner.plan([dataset], attack, column.defense, [seed], budget, layers=runner.layers.with_sets(column.layer()))
     outcome = runner.defend(cell)
-    if not runner.results.has(cell.key):
+    if not runner.results.done(cell.key):
         with runner.results.lock():
             runner.results.write(runner.run_cell(cell, outcome))
     return cell, outcome

@@ -28,6 +28,15 @@ class Results:
     def has(self, key: str) -> bool:
         return self.row_path(key).exists()
 
+    def done(self, key: str) -> bool:
+        """A row exists and the cell did not fail (failed cells are retried by the next run)."""
+        if not self.has(key):
+            return False
+        try:
+            return json.loads(self.row_path(key).read_text()).get("status", "ok") != "failed"
+        except json.JSONDecodeError:
+            return False
+
     def write(self, row: dict) -> None:
         self.rows_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(self.row_path(row["cell_key"]), json.dumps(row, indent=1, sort_keys=True).encode())

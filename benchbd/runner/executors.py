@@ -1,0 +1,286 @@
+"""Where cells run: in this process one after another (`Serial`), in worker processes that
+share the machine's GPUs (`LocalProcesses`, K cells per GPU), or as Ray tasks on a cluster
+(`RayExecutor`). The driver alone writes result rows, so every executor gives the same results
+directory; a worker that dies loses only its cell, which is retried and otherwise recorded as
+failed (the next run retries it again).
+"""
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import os
+import queue as queue_module
+import time
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..errors import BenchbdError
+from ..progress import NullProgress
+from .cache import content_key
+
+Write = Callable[[dict], None]
+
+
+def interleave(cells: list) -> list:
+    """Order cells so that cells sharing a backdoored model / poisoned split do not start
+    together: the first cell of every group, then the second of every group, ... Concurrent
+    workers then build different artifacts instead of waiting on one."""
+    groups: dict[str, list] = collections.defaultdict(list)
+    for cell in cells:
+        groups[content_key({"poison": cell.poison_identity(), "budget": cell.budget})].append(cell)
+    order, columns = [], list(groups.values())
+    for i in range(max((len(g) for g in columns), default=0)):
+        order += [g[i] for g in columns if i < len(g)]
+    return order
+
+
+class Serial:
+    """One cell after another in this process (the default on a CPU or one slot)."""
+
+    def run(self, runner, cells: list, write: Write) -> None:
+        for cell in cells:
+            runner.progress.start_cell(cell.label)
+            row = runner.safe_run_cell(cell)
+            write(row)
+            runner.progress.end_cell(runner.summary(row))
+
+
+# ---------------------------------------------------------------- worker processes
+class QueueProgress(NullProgress):
+    """A worker's progress, sent to the driver; step counts are batched to a few messages a second."""
+
+    def __init__(self, slot: int, outbox, every_s: float = 0.5):
+        self.slot, self.outbox, self.every_s = slot, outbox, every_s
+        self.pending_steps, self.last = 0, 0.0
+
+    def _send(self, method: str, *args) -> None:
+        self.outbox.put(("progress", self.slot, method, args))
+
+    def start_cell(self, label):
+        self._send("start_cell", label)
+
+    def stage(self, text):
+        self._send("stage", text)
+
+    def start_run(self, desc, total_steps):
+        self.pending_steps = 0
+        self._send("start_run", desc, total_steps)
+
+    def advance(self, steps=1, info=None):
+        self.pending_steps += steps
+        now = time.monotonic()
+        if info is not None or now - self.last >= self.every_s:
+            self._send("advance", self.pending_steps, info)
+            self.pending_steps, self.last = 0, now
+
+    def end_run(self):
+        self._send("end_run")
+
+
+def _worker(slot: int, device: str, results_root: str, cache_root: str, threads: int, inbox, outbox) -> None:
+    """A worker process: run the cells it is sent until it is sent None."""
+    from .cache import Cache
+    from .grid import Runner
+    from .results import Results
+
+    torch.set_num_threads(threads)
+    runner = Runner(Results(results_root), Cache(cache_root, warn=lambda text: outbox.put(("warn", slot, text))),
+                    device=device, progress=QueueProgress(slot, outbox))
+    while True:
+        item = inbox.get()
+        if item is None:
+            return
+        index, cell = item
+        outbox.put(("row", slot, index, runner.safe_run_cell(cell)))
+
+
+class LocalProcesses:
+    """K cells at once on each of `devices`, each in its own worker process (spawned once and
+    reused). The dataset tensors reach the workers through shared memory, not as copies."""
+
+    def __init__(self, devices: list[str], jobs_per_device: int, retries: int = 1, threads: int | None = None):
+        self.slots = [device for device in devices for _ in range(jobs_per_device)]
+        self.retries = retries
+        self.threads = threads or max(1, (os.cpu_count() or 1) // len(self.slots))
+
+    def run(self, runner, cells: list, write: Write) -> None:
+        if not cells:
+            return
+        ctx = torch.multiprocessing.get_context("spawn")
+        outbox = ctx.Queue()
+        todo = collections.deque(enumerate(interleave(cells)))
+        attempts: collections.Counter = collections.Counter()
+        workers: dict[int, dict] = {}
+        progress = runner.progress
+        view = progress.view if hasattr(progress, "view") else (lambda slot: progress)
+
+        def start(slot: int) -> None:
+            inbox = ctx.Queue()
+            process = ctx.Process(target=_worker, daemon=True, args=(slot, self.slots[slot], str(runner.results.root),
+                                                                       str(runner.cache.root), self.threads, inbox, outbox))
+            process.start()
+            workers[slot] = {"process": process, "inbox": inbox, "cell": None}
+
+        def finish(slot: int, row: dict) -> None:
+            write(row)
+            view(slot).end_cell(runner.summary(row))
+            workers[slot]["cell"] = None
+
+        def handle(message) -> None:
+            kind, slot = message[0], message[1]
+            if kind == "row" and workers[slot]["cell"] is not None and workers[slot]["cell"][0] == message[2]:
+                finish(slot, message[3])
+            elif kind == "progress":
+                getattr(view(slot), message[2])(*message[3])
+            elif kind == "warn":
+                runner.warn(message[2])
+
+        for slot in range(min(len(self.slots), len(todo))):
+            start(slot)
+        try:
+            while todo or any(w["cell"] is not None for w in workers.values()):
+                for slot, worker in workers.items():
+                    if worker["cell"] is None and todo and worker["process"].is_alive():
+                        worker["cell"] = todo.popleft()
+                        view(slot).start_cell(worker["cell"][1].label)
+                        worker["inbox"].put(worker["cell"])
+                try:
+                    handle(outbox.get(timeout=0.5))
+                    continue
+                except queue_module.Empty:
+                    pass
+                for slot, worker in list(workers.items()):
+                    if worker["process"].is_alive():
+                        continue
+                    self._drain(outbox, handle)  # its row may be in flight
+                    if worker["cell"] is not None:
+                        index, cell = worker["cell"]
+                        attempts[index] += 1
+                        reason = f"worker process died (exit code {worker['process'].exitcode})"
+                        if attempts[index] <= self.retries:
+                            runner.warn(f"{cell.label}: {reason}; retrying")
+                            todo.appendleft(worker["cell"])
+                            worker["cell"] = None
+                        else:
+                            finish(slot, runner.failed_row(cell, reason))
+                    if todo:
+                        start(slot)
+        finally:
+            for worker in workers.values():
+                if worker["process"].is_alive():
+                    worker["inbox"].put(None)
+            for worker in workers.values():
+                worker["process"].join(timeout=10)
+                if worker["process"].is_alive():
+                    worker["process"].kill()
+
+    @staticmethod
+    def _drain(outbox, handle) -> None:
+        while True:
+            try:
+                handle(outbox.get(timeout=0.2))
+            except queue_module.Empty:
+                return
+
+
+# ---------------------------------------------------------------- Ray
+def _ray_cell(cell, data, results_root: str, cache_root: str, device: str) -> dict:
+    """A Ray task: one cell, with the dataset from the object store; returns its row."""
+    from .cache import Cache
+    from .grid import Runner
+    from .results import Results
+
+    cell = dataclasses.replace(cell, data=data)
+    runner = Runner(Results(results_root), Cache(cache_root, warn=print), device=device)
+    return runner.safe_run_cell(cell)
+
+
+class RayExecutor:
+    """One Ray task per cell (fractional GPUs), rows returned to the driver, which writes them as
+    they finish. The cache directory must be on storage every node sees (e.g. NFS)."""
+
+    def __init__(self, address: str | None = None, jobs_per_gpu: int = 1, cpus_per_cell: float = 1.0, retries: int = 2):
+        self.address, self.cpus_per_cell, self.retries = address, cpus_per_cell, retries
+        self.gpus_per_cell = 1.0 / jobs_per_gpu
+
+    def run(self, runner, cells: list, write: Write) -> None:
+        try:
+            import ray
+        except ImportError:
+            raise BenchbdError("the ray executor needs Ray: pip install 'benchbd[ray]'") from None
+        if not cells:
+            return
+        if not ray.is_initialized():
+            ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
+        gpus = ray.cluster_resources().get("GPU", 0) if runner.device.type == "cuda" else 0
+        task = ray.remote(_ray_cell).options(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell if gpus else 0,
+                                             max_retries=self.retries)
+        data_refs: dict[int, object] = {}
+        pending = {}
+        for cell in interleave(cells):
+            ref = data_refs.setdefault(id(cell.data), ray.put(cell.data))
+            stripped = dataclasses.replace(cell, data=None)
+            pending[task.remote(stripped, ref, str(Path(runner.results.root).resolve()), str(Path(runner.cache.root).resolve()),
+                                "cuda" if gpus else "cpu")] = cell
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1)
+            cell = pending.pop(done[0])
+            runner.progress.start_cell(cell.label)
+            try:
+                row = ray.get(done[0])
+            except ray.exceptions.RayError as exc:  # the task's worker died more often than `retries`
+                row = runner.failed_row(cell, f"Ray task failed: {str(exc).splitlines()[0][:300]}")
+            write(row)
+            runner.progress.end_cell(runner.summary(row))
+
+
+def default_jobs_per_gpu(device: torch.device, image_size: int) -> int:
+    """Cells per GPU from free memory: about 3 GiB per small-image (32x32) cell, 12 GiB for
+    ImageNet-size images; at most 8 (beyond that, one H200 no longer gains)."""
+    free, _ = torch.cuda.mem_get_info(device)
+    per_cell = (12 if image_size > 64 else 3) * 2**30
+    return max(1, min(8, math.floor(0.9 * free / per_cell)))
+
+
+@dataclasses.dataclass
+class ExecutorOptions:
+    device: str = "auto"                 # auto: every visible GPU, else the CPU
+    jobs_per_gpu: int | None = None      # None: from free memory on CUDA, 1 on the CPU
+    retries: int = 1                     # reruns of a cell whose worker died, in the same run
+    address: str | None = None           # Ray cluster address (ray only)
+
+
+def _local(runner, cells: list, options: ExecutorOptions):
+    if options.device == "auto" and torch.cuda.is_available():
+        devices = [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+    else:
+        devices = [str(runner.device)]
+    jobs = options.jobs_per_gpu
+    if jobs is None:
+        size = max((cell.data.train.images.shape[1] for cell in cells), default=32)
+        jobs = default_jobs_per_gpu(torch.device(devices[0]), size) if devices[0].startswith("cuda") else 1
+    if len(devices) * jobs == 1:
+        return Serial()
+    return LocalProcesses(devices, jobs, options.retries)
+
+
+def _ray(runner, cells: list, options: ExecutorOptions):
+    return RayExecutor(options.address, options.jobs_per_gpu or 1, retries=max(options.retries, 0))
+
+
+EXECUTORS = {"local": _local, "ray": _ray}
+
+
+def make_executor(name: str, runner, cells: list, options: ExecutorOptions):
+    from ..errors import unknown
+
+    if name not in EXECUTORS:
+        raise unknown("executor", name, EXECUTORS)
+    if options.jobs_per_gpu is not None and options.jobs_per_gpu < 1:
+        raise BenchbdError(f"--jobs-per-gpu {options.jobs_per_gpu} is invalid: must be at least 1")
+    if options.retries < 0:
+        raise BenchbdError(f"--retries {options.retries} is invalid: must be 0 or more")
+    return EXECUTORS[name](runner, cells, options)
