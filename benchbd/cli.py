@@ -249,6 +249,25 @@ def table(results_dir, fmt, compare, experiment, datasets, budgets, extra, outpu
         sys.stdout.write(text)
 
 
+@main.command()
+@click.option("--device", default=None, help="cpu or cuda [default: cuda when there is one].")
+@click.option("--images", default=4096, show_default=True)
+@click.option("--batch", default=256, show_default=True)
+@click.option("--epochs", default=2, show_default=True, help="Timed epochs (one more warms up).")
+@click.option("--workers", default=2, show_default=True, help="DataLoader workers of the reference loop.")
+@click.option("--concurrent", default=0, show_default=True, help="Also measure K benchbd trainings at once (K processes).")
+def bench(device, images, batch, epochs, workers, concurrent):
+    """Training images/s of benchbd's trainer against the usual research loop, in the same run."""
+    import torch
+
+    from .bench.throughput import report
+
+    for name, value in (("--images", images), ("--batch", batch), ("--epochs", epochs)):
+        if value < 1:
+            raise BenchbdError(f"{name} {value} is invalid: must be at least 1")
+    report(device or ("cuda" if torch.cuda.is_available() else "cpu"), images, batch, epochs, workers, concurrent, click.echo)
+
+
 @main.group()
 def plot():
     """Figures: stem-feature PCA (paper Figure 2), CA-vs-ASR scatter, reconstructions (Figure 4)."""

@@ -1,0 +1,1 @@
+"""Benchmarks that compare benchbd with a plain reference loop in the same run."""
