@@ -80,7 +80,6 @@ def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch
     return F.cross_entropy(model(x), y)
 
 
-
 def make_optimizer(recipe: TrainRecipe, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
     """Fused: one kernel per step instead of a loop over ~100 parameter tensors (9% faster on the CPU)."""
     params = list(params)

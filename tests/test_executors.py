@@ -209,3 +209,16 @@ def test_ray_executor_gives_the_same_results_directory(local_ray, tmp_path, monk
     for key in serial:
         assert math.isclose(serial[key]["ca"], ray_rows[key]["ca"], abs_tol=3.0)
     assert invoke("table", "--results", tmp_path / "ray").exit_code == 0
+
+
+def test_bench_compares_with_the_reference_loop_and_concurrent_cells():
+    res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--images", "128", "--batch", "32", "--epochs", "1", "--workers", "0",
+                                    "--concurrent", "2"])
+    assert res.exit_code == 0, res.output
+    lines = res.output.splitlines()
+    assert lines[1].startswith("reference loop :") and lines[2].startswith("benchbd trainer:") and lines[3].startswith("2 at once     :")
+    rates = [float(line.split(":")[1].split()[0]) for line in lines[1:4]]
+    ratios = [float(line.split("ratio")[1].strip().rstrip("x")) for line in lines[2:4]]
+    assert all(r > 0 for r in rates) and ratios == pytest.approx([rates[1] / rates[0], rates[2] / rates[0]], rel=0.01)
+    bad = CliRunner().invoke(main, ["bench", "--images", "0"])
+    assert bad.exit_code == 2 and "--images 0 is invalid" in bad.output
