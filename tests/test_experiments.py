@@ -327,3 +327,26 @@ def test_plot_recon_and_scatter(tmp_path):
     assert res.exit_code == 2 and "exposes no reconstruction network" in res.output
     res = invoke("plot", "scatter", "--results", tmp_path / "r", "--out", tmp_path / "s.png")
     assert res.exit_code == 0 and (tmp_path / "s.png").is_file(), res.output
+
+
+def test_tnr_stage1_is_shared_by_cells_that_differ_only_after_it(tmp_path):
+    base = ["run", *BIG, "--attacks", "blend", "--defenses", "tnr", "--results", tmp_path]
+    assert invoke(*base).exit_code == 0
+    assert invoke(*base, "--set", "dataset.holdout_size=100").exit_code == 0          # Table 9: only the defender's data differs
+    assert invoke(*base, "--set", "defense.tnr.replace_head=false").exit_code == 0    # Table 4: stage 1 alone
+    assert invoke(*base, "--set", "defense.tnr.stage2.lr=0.01").exit_code == 0        # stage 2 settings
+    assert invoke(*base, "--set", "defense.tnr.rec_weight=1").exit_code == 0          # a stage-1 setting: trains anew
+    hits = sorted((r["params"]["defense"]["rec_weight"], r["cached"]["stage1"]) for r in Results(tmp_path).rows())
+    assert hits == [(1, False), (10, False), (10, True), (10, True), (10, True)]
+    assert len(list((tmp_path / "cache" / "tnr_stage1").glob("*.pt"))) == 2
+
+
+def test_cached_stage1_gives_the_same_defended_model(tmp_path):
+    runner = Runner(Results(tmp_path), Cache(tmp_path / "cache"), Layers(cli=parse_set(["dataset.synthetic.n_train=300",
+                    "dataset.synthetic.n_test=100"])), device="cpu")
+    cell, = runner.plan(["synthetic"], "blend", "tnr", [0], "smoke")
+    trained, loaded = runner.defend(cell), runner.defend(cell)
+    assert trained.cached["stage1"] is False and loaded.cached["stage1"] is True
+    images = trained.splits.test.images
+    outputs = [torch.cat([z for _, z in d.trainer.logits(d.model, images)]) for d in (trained, loaded)]
+    assert torch.equal(outputs[0], outputs[1])  # stage 2 does not depend on whether stage 1 trained here

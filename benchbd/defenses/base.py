@@ -47,6 +47,21 @@ class DefenseContext:
     metrics: dict[str, Any] = field(default_factory=dict)  # extra numbers for the result row
     # Intermediate models a defense exposes for figures (T&R: "reconstruction", its stage-1 network)
     artifacts: dict[str, nn.Module] = field(default_factory=dict)
+    # Set by the runner: (purpose, identity, model, train) -> True if `model` was loaded from the cache
+    cache_model: Callable[[str, dict, nn.Module, Callable[[nn.Module], Any]], bool] | None = None
+    cached: dict[str, bool] = field(default_factory=dict)  # cache hits, for the result row
+
+    def cached_model(self, purpose: str, identity: dict, model: nn.Module, train: Callable[[nn.Module], Any]) -> nn.Module:
+        """`train(model)`, or its result from the cache when another cell already trained the same.
+
+        `identity` must hold every setting of this training besides the cell's poisoned split, seed,
+        budget and architecture (which the runner adds): cells differing only elsewhere (T&R's
+        stage 2, the defender's holdout size) then share it."""
+        if self.cache_model is None:
+            train(model)
+        else:
+            self.cached[purpose] = self.cache_model(purpose, identity, model, train)
+        return model
 
     def need(self, what: Need):
         value = {Need.POISONED_TRAIN: self.poisoned_train, Need.HOLDOUT: self.holdout, Need.BACKDOORED_MODEL: self.backdoored_model}[what]

@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import check
+from ..config import as_dict, check
 from ..data.augment import cutmix
 from ..errors import BenchbdError
+from ..seeding import derive
 from ..train import TrainRecipe
 from .base import DEFENSES, Defense, DefenseContext, Frozen, Need
 
@@ -103,6 +104,7 @@ class TrapAndReplace(Defense):
 
     Params = TnRParams
     needs = frozenset({Need.POISONED_TRAIN, Need.HOLDOUT})
+    version = 2  # 2: stage 1 is cached and stage 2 seeds its own head
 
     def check_model(self, model) -> None:
         if self.params.split is not None and not 0 <= self.params.split <= model.num_blocks:
@@ -122,7 +124,9 @@ class TrapAndReplace(Defense):
         def loss(model, x, y, gen):
             return model.trap_loss(x, y, p.rec_weight, p.tv_weight)
 
-        ctx.trainer.fit(trapped, ctx.need(Need.POISONED_TRAIN), p.stage1, loss=loss, desc="T&R stage 1")
+        identity = {"split": trapped.split, "rec_weight": p.rec_weight, "tv_weight": p.tv_weight, "stage1": as_dict(p.stage1)}
+        ctx.cached_model("stage1", identity, trapped,
+                         lambda m: ctx.trainer.fit(m, ctx.need(Need.POISONED_TRAIN), p.stage1, loss=loss, desc="T&R stage 1"))
         if p.rec_weight > 0:  # Table 8's column; on the clean holdout, which stage 1 never saw
             ctx.metrics["recon_mse"] = reconstruction_mse(ctx.trainer, trapped, ctx.need(Need.HOLDOUT))
             ctx.artifacts["reconstruction"] = trapped
@@ -131,6 +135,7 @@ class TrapAndReplace(Defense):
     def stage2(self, ctx: DefenseContext, trapped: TrapNet) -> nn.Module:
         """Freeze the stem (BatchNorm in eval mode); train a fresh head on the clean holdout."""
         p = self.params
+        torch.manual_seed(derive(ctx.seed, "tnr:stage2"))  # the same head and dropout whether stage 1 trained or came from the cache
         head = ctx.new_model(dropout=p.head_dropout).head(trapped.split)
         model = ReplacedHead(trapped.stem, head)
 

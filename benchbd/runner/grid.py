@@ -234,6 +234,7 @@ class Runner:
             return create_model(cell.model_name, splits.num_classes, dropout=dropout, mean=pipeline.mean, std=pipeline.std)
 
         ctx = DefenseContext(trainer, new_model, splits.num_classes, seed)
+        ctx.cache_model = lambda purpose, identity, model, train: self.defense_model(cell, purpose, identity, model, train)
         needs = cell.defense.needs
         cached = {}
         if needs & {Need.POISONED_TRAIN, Need.BACKDOORED_MODEL}:
@@ -253,7 +254,7 @@ class Runner:
         model = cell.defense.run(ctx)
         if not all(bool(torch.isfinite(w).all()) for w in model.state_dict().values() if w.is_floating_point()):
             raise TrainingDiverged(f"defense {cell.defense.name} returned a model with NaN or infinite weights")
-        return Defended(model, ctx, splits, trainer, cached, started)
+        return Defended(model, ctx, splits, trainer, {**cached, **ctx.cached}, started)
 
     def device_name(self) -> str:
         if self.device.type == "cuda":
@@ -284,6 +285,20 @@ class Runner:
         images = splits.train.images.clone()
         images[art["indices"]] = art["images"]
         return PoisonedSplit(images, art["labels"], poisoned=art["indices"], training_loss=cell.attack.training_loss), hit
+
+    def defense_model(self, cell: Cell, purpose: str, identity: dict, model: torch.nn.Module, train) -> bool:
+        """A defense's intermediate model (T&R's stage 1), cached by what determines it; True on a hit."""
+        key = {"defense": cell.defense.name, "version": cell.defense.version, "purpose": purpose, "settings": identity,
+               "poison": cell.poison_identity(), "seed": cell.seed, "model": cell.model_name, "budget": cell.budget}
+
+        def build():
+            train(model)
+            return model.state_dict()
+
+        state, hit = self.cache.get_or_build(f"{cell.defense.name}_{purpose}", key, build)
+        if hit:
+            model.load_state_dict(state)
+        return hit
 
     def trained_model(self, cell: Cell, trainer: Trainer, new_model, purpose: str, identity: dict, data: Split) -> tuple[torch.nn.Module, bool]:
         """A model normally trained on `data` (the normal recipe and the cell's budget), cached.
