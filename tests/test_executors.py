@@ -222,3 +222,18 @@ def test_bench_compares_with_the_reference_loop_and_concurrent_cells():
     assert all(r > 0 for r in rates) and ratios == pytest.approx([rates[1] / rates[0], rates[2] / rates[0]], rel=0.01)
     bad = CliRunner().invoke(main, ["bench", "--images", "0"])
     assert bad.exit_code == 2 and "--images 0 is invalid" in bad.output
+
+
+def test_workers_share_the_dataset_instead_of_copying_it(tmp_path):
+    from benchbd.config import Layers, parse_set
+    from benchbd.runner import Runner
+    from benchbd.runner.executors import LocalProcesses
+
+    runner = Runner(Results(tmp_path), Cache(tmp_path / "cache"),
+                    Layers(cli=parse_set(["dataset.synthetic.n_train=300", "dataset.synthetic.n_test=100"])), device="cpu")
+    cells = runner.plan(["synthetic"], "badnet_grid,blend", "none", [0], "smoke")
+    assert not cells[0].data.train.images.is_shared()
+    written = runner.run(cells, executor=LocalProcesses(["cpu"], 2))
+    assert len(written) == 2 and all(r["status"] == "ok" for r in written)
+    # the workers received the training images through shared memory: the driver's tensor now lives there
+    assert cells[0].data.train.images.is_shared() and cells[1].data.train.images.data_ptr() == cells[0].data.train.images.data_ptr()
