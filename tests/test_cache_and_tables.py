@@ -99,3 +99,14 @@ def test_settings_of_one_defense_become_separate_columns():
     assert grid.mean["asr"].at["badnet_grid", "tnr[rec_weight=0]"] == 30.0
     assert grid.mean["asr"].at["badnet_grid", "tnr[rec_weight=10]"] == 3.0
     assert grid.paper["asr"].at["badnet_grid", "tnr[rec_weight=0]"] == 1.21
+
+
+def test_a_setting_run_again_counts_once_newest_first():
+    rows = pd.DataFrame([
+        {"dataset": "d", "budget": "b", "attack": "blend", "defense": "tnr", "seed": 0, "asr": 50.0, "ca": 70.0,
+         "finished_at": "2026-01-01T00:00:00+00:00", "params": {"defense": {"rec_weight": 10}}},
+        {"dataset": "d", "budget": "b", "attack": "blend", "defense": "tnr", "seed": 0, "asr": 2.0, "ca": 80.0,
+         "finished_at": "2026-02-01T00:00:00+00:00", "params": {"defense": {"rec_weight": 10}}},
+    ])
+    grid, = build_grids(rows)
+    assert grid.mean["asr"].at["blend", "tnr"] == 2.0 and grid.seeds.at["blend", "tnr"] == 1

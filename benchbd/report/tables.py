@@ -159,6 +159,8 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
             part = part.assign(attack_name=part["attack"], defense_name=part["defense"],
                                attack=variant_labels(part, "attack", ("attack",)),
                                defense=variant_labels(part, "defense", ("defense", "train", "dataset")))
+            # one setting and seed run again (e.g. by a newer benchbd version): the newest row counts
+            part = part.drop_duplicates(["attack", "defense", "seed"], keep="last")
         base_attack = dict(zip(part["attack"], part["attack_name"]))
         base_defense = dict(zip(part["defense"], part["defense_name"]))
         if experiment is None:
