@@ -10,7 +10,7 @@ import collections
 import dataclasses
 import math
 import os
-import queue as queue_module
+import multiprocessing.connection
 import time
 from pathlib import Path
 from typing import Callable
@@ -80,13 +80,26 @@ class QueueProgress(NullProgress):
         self._send("end_run")
 
 
-def _worker(slot: int, device: str, results_root: str, cache_root: str, threads: int, inbox, outbox) -> None:
+class PipeSender:
+    """A worker's own pipe to the driver, with a queue's `put`. One pipe per worker, written
+    synchronously: a worker killed mid-message breaks only its own pipe, never a lock the other
+    workers share (as a killed writer of a shared multiprocessing.Queue can)."""
+
+    def __init__(self, connection):
+        self.connection = connection
+
+    def put(self, item) -> None:
+        self.connection.send(item)
+
+
+def _worker(slot: int, device: str, results_root: str, cache_root: str, threads: int, inbox, connection) -> None:
     """A worker process: run the cells it is sent until it is sent None."""
     from .cache import Cache
     from .grid import Runner
     from .results import Results
 
     torch.set_num_threads(threads)
+    outbox = PipeSender(connection)
     runner = Runner(Results(results_root), Cache(cache_root, warn=lambda text: outbox.put(("warn", slot, text))),
                     device=device, progress=QueueProgress(slot, outbox))
     while True:
@@ -110,7 +123,6 @@ class LocalProcesses:
         if not cells:
             return
         ctx = torch.multiprocessing.get_context("spawn")
-        outbox = ctx.Queue()
         todo = collections.deque(enumerate(interleave(cells)))
         attempts: collections.Counter = collections.Counter()
         workers: dict[int, dict] = {}
@@ -119,10 +131,12 @@ class LocalProcesses:
 
         def start(slot: int) -> None:
             inbox = ctx.Queue()
+            receiver, sender = ctx.Pipe(duplex=False)
             process = ctx.Process(target=_worker, daemon=True, args=(slot, self.slots[slot], str(runner.results.root),
-                                                                       str(runner.cache.root), self.threads, inbox, outbox))
+                                                                       str(runner.cache.root), self.threads, inbox, sender))
             process.start()
-            workers[slot] = {"process": process, "inbox": inbox, "cell": None}
+            sender.close()  # the worker holds the writing end; the pipe reads EOF when it dies
+            workers[slot] = {"process": process, "inbox": inbox, "pipe": receiver, "cell": None}
 
         def finish(slot: int, row: dict) -> None:
             write(row)
@@ -140,6 +154,7 @@ class LocalProcesses:
 
         for slot in range(min(len(self.slots), len(todo))):
             start(slot)
+        checked = time.monotonic()
         try:
             while todo or any(w["cell"] is not None for w in workers.values()):
                 for slot, worker in workers.items():
@@ -147,15 +162,17 @@ class LocalProcesses:
                         worker["cell"] = todo.popleft()
                         view(slot).start_cell(worker["cell"][1].label)
                         worker["inbox"].put(worker["cell"])
-                try:
-                    handle(outbox.get(timeout=0.5))
-                    continue
-                except queue_module.Empty:
-                    pass
+                messages = self._receive(workers, 0.5)
+                for message in messages:
+                    handle(message)
+                if messages and time.monotonic() - checked < 1.0:
+                    continue  # busy workers send often: look for dead ones about once a second
+                checked = time.monotonic()
                 for slot, worker in list(workers.items()):
                     if worker["process"].is_alive():
                         continue
-                    self._drain(outbox, handle)  # its row may be in flight
+                    for message in self._receive({slot: worker}, 0):  # its row may still be in the pipe
+                        handle(message)
                     if worker["cell"] is not None:
                         index, cell = worker["cell"]
                         attempts[index] += 1
@@ -168,6 +185,8 @@ class LocalProcesses:
                             finish(slot, runner.failed_row(cell, reason))
                     if todo:
                         start(slot)
+                    else:
+                        del workers[slot]
         finally:
             for worker in workers.values():
                 if worker["process"].is_alive():
@@ -178,12 +197,26 @@ class LocalProcesses:
                     worker["process"].kill()
 
     @staticmethod
-    def _drain(outbox, handle) -> None:
-        while True:
-            try:
-                handle(outbox.get(timeout=0.2))
-            except queue_module.Empty:
-                return
+    def _receive(workers: dict[int, dict], timeout: float) -> list:
+        """Every message ready on the workers' pipes within `timeout`; a pipe that breaks (its
+        worker died, perhaps mid-message) is dropped, and the liveness check does the rest."""
+        pipes = {worker["pipe"]: worker for worker in workers.values() if worker["pipe"] is not None}
+        if not pipes:
+            time.sleep(timeout)
+            return []
+        messages = []
+        for pipe in multiprocessing.connection.wait(list(pipes), timeout):
+            while True:
+                try:
+                    if not pipe.poll(0):
+                        break
+                    messages.append(pipe.recv())
+                except Exception:  # noqa: BLE001 - EOF, or a message cut off by a kill
+                    worker = pipes[pipe]
+                    worker["pipe"] = None
+                    worker["process"].kill()  # a worker we can no longer hear is treated as dead: its cell is retried
+                    break
+        return messages
 
 
 # ---------------------------------------------------------------- Ray
