@@ -121,7 +121,7 @@ def run(datasets, attacks, defenses, experiment, seeds, budget, results_dir, cac
 
     runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
     results = runner.results
-    dataset_list = [d for d in datasets.split(",") if d.strip()] if datasets else None
+    dataset_list = _names(datasets)
     seed_list = _parse_seeds(seeds) if seeds else None
     columns = {}
     if experiment:
@@ -236,13 +236,9 @@ def show(what, dataset, attacks, index, amplify, out, data_root, sets, plugins):
 def table(results_dir, fmt, compare, experiment, datasets, budgets, extra, output):
     """Print the ASR/CA grid of the results, per dataset and budget."""
     from .report.tables import render
-    from .runner import Results
 
-    if not Path(results_dir).is_dir():
-        raise BenchbdError(f"results directory '{results_dir}' does not exist: run `benchbd run` first or pass --results DIR")
-    chosen, members = _experiment_members(experiment, results_dir)
-    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
-    text = render(Results(results_dir).load(), fmt, compare, split(datasets), split(budgets), extra, chosen, members)
+    rows, chosen, members = _saved_results(results_dir, experiment)
+    text = render(rows, fmt, compare, _names(datasets), _names(budgets), extra, chosen, members)
     if output:
         Path(output).write_text(text)
     else:
@@ -327,6 +323,8 @@ def plot_pca(dataset, attack, defense, seed, budget, results_dir, cache_dir, dat
     """Stem features of clean target-class, clean source-class and poisoned source-class test images,
     projected by PCA: the --versus model beside the --defense model (the paper's Figure 2)."""
     _load_plugins(plugins)
+    import torch
+
     from .report.plots import pca_figure
     from .runner.inspect import stem_features
 
@@ -340,18 +338,13 @@ def plot_pca(dataset, attack, defense, seed, budget, results_dir, cache_dir, dat
         raise BenchbdError(f"--source {source} is invalid: valid classes other than the target {target}: 0..{outcome.splits.num_classes - 1}")
     source_images = test.images[test.labels == source]
     triggered = cell.attack.apply(source_images)
-    if torch_equal(triggered, source_images):
+    if torch.equal(triggered, source_images):
         raise BenchbdError(f"attack {cell.attack.name} changes no image, so there is no poisoned group to plot")
     groups = {"clean target": test.images[test.labels == target], "clean source": source_images, "poisoned source": triggered}
     panels = [(label, {name: stem_features(o, images, split) for name, images in groups.items()})
               for label, (_, o) in zip((versus, defense), trained)]
     path = pca_figure(panels, out, f"{cell.dataset_name} / {cell.attack.name}: stem features (target {target}, source {source})")
     click.echo(f"wrote {path}")
-
-
-def torch_equal(a, b) -> bool:
-    import torch
-    return bool(torch.equal(a, b))
 
 
 @plot.command("recon")
@@ -388,23 +381,30 @@ def plot_scatter(results_dir, experiment, datasets, budgets, out):
     """CA against ASR for every cell of a results directory, one marker per defense."""
     from .report.plots import scatter_figure
     from .report.tables import build_grids
+
+    rows, chosen, members = _saved_results(results_dir, experiment)
+    grids = build_grids(rows, None, _names(datasets), _names(budgets), (), chosen, members)
+    click.echo(f"wrote {scatter_figure(grids, out, 'CA against ASR per cell (mean over seeds)')}")
+
+
+def _names(text: str | None) -> list[str] | None:
+    """'a, b' -> ['a', 'b']; None stays None (no filter)."""
+    return [x.strip() for x in text.split(",") if x.strip()] if text else None
+
+
+def _saved_results(results_dir: str, experiment: str | None):
+    """(rows, experiment or None, its column membership or None) of a results directory."""
     from .runner import Results
 
     if not Path(results_dir).is_dir():
         raise BenchbdError(f"results directory '{results_dir}' does not exist: run `benchbd run` first or pass --results DIR")
-    chosen, members = _experiment_members(experiment, results_dir)
-    split = lambda v: [x.strip() for x in v.split(",") if x.strip()] if v else None  # noqa: E731
-    grids = build_grids(Results(results_dir).load(), None, split(datasets), split(budgets), (), chosen, members)
-    click.echo(f"wrote {scatter_figure(grids, out, 'CA against ASR per cell (mean over seeds)')}")
+    chosen = members = None
+    if experiment:
+        from . import experiments
 
-
-def _experiment_members(experiment, results_dir):
-    if not experiment:
-        return None, None
-    from . import experiments
-
-    chosen = experiments.load(experiment)
-    return chosen, experiments.Membership(results_dir, chosen.name).read()
+        chosen = experiments.load(experiment)
+        members = experiments.Membership(results_dir, chosen.name).read()
+    return Results(results_dir).load(), chosen, members
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 mean (and std over seeds) per cell; optionally the paper's numbers beside ours."""
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
@@ -17,14 +18,16 @@ METRICS = ("asr", "ca")
 AVERAGE = "Average"
 
 
+@functools.lru_cache(maxsize=None)
 def paper_table(name: str = "main") -> pd.DataFrame:
     """The paper's numbers shipped with the package: 'main' (Tables 1, 2, 3, 11, 12) or
-    'ablations' (Tables 4, 5, 7, 8, 9, 10)."""
+    'ablations' (Tables 4, 5, 7, 8, 9, 10). Read once; callers only select from it."""
     filename = {"main": "paper_main_tables.csv", "ablations": "paper_ablations.csv"}[name]
     with resources.files("benchbd.report").joinpath(filename).open() as f:
         return pd.read_csv(f, dtype={"setting": str, "experiment": str})
 
 
+@functools.lru_cache(maxsize=None)
 def paper_rows() -> pd.DataFrame:
     """Every shipped paper table in one frame (ablation rows carry `experiment` and `setting`)."""
     return pd.concat([paper_table("main"), paper_table("ablations")], ignore_index=True)

@@ -105,51 +105,45 @@ class Runner:
     def plan(self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str,
              layers: Layers | None = None) -> list[Cell]:
         """Every cell of the grid, parameters resolved from `layers` (default: the runner's)."""
-        saved, self.layers = self.layers, layers or self.layers
-        try:
-            return self._plan(datasets, attacks, defenses, seeds, budget)
-        finally:
-            self.layers = saved
-
-    def _plan(self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str) -> list[Cell]:
+        layers = layers or self.layers
         budget = BUDGETS.resolve(budget)
         attack_names = ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])
         defense_names = DEFENSES.expand(defenses)
         for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("dataset", DATASETS)):
-            self.layers.check_names(kind, {name: registry.get(name).Params for name in registry.names()})
-        self.layers.check_names("train", {"normal": TrainRecipe})
+            layers.check_names(kind, {name: registry.get(name).Params for name in registry.names()})
+        layers.check_names("train", {"normal": TrainRecipe})
         cells = []
         for spec in datasets:
-            label, name, dataset, data = self.dataset(spec)
+            label, name, dataset, data = self.dataset(spec, layers)
             num_classes = len(data.classes)
             n_holdout = int(round(dataset.params.holdout_fraction * len(data.train)))
             if dataset.params.holdout_size is not None and dataset.params.holdout_size > n_holdout:
                 raise BenchbdError(f"dataset.{name}.holdout_size={dataset.params.holdout_size} is more than the holdout of {label} "
                                    f"({n_holdout} images at holdout_fraction={dataset.params.holdout_fraction}): valid 1..{n_holdout}")
-            recipe = self.layers.params("train", "normal", name, TrainRecipe)
+            recipe = layers.params("train", "normal", name, TrainRecipe)
             pipeline = dataset.pipeline
             architecture = create_model(dataset.params.model, num_classes, mean=pipeline.mean, std=pipeline.std)
             for attack_name in attack_names:
-                attack = self.attack(attack_name, name, data)
+                attack = self.attack(attack_name, name, data, layers)
                 for defense_name in defense_names:
                     dcls = DEFENSES.get(defense_name)
-                    defense = dcls(self.layers.params("defense", defense_name, name, dcls.Params), defense_name)
+                    defense = dcls(layers.params("defense", defense_name, name, dcls.Params), defense_name)
                     defense.check_model(architecture)
                     for seed in seeds:
                         cells.append(Cell(label, dataset, data, attack, defense, seed, budget, recipe))
         return cells
 
-    def dataset(self, spec: str) -> tuple[str, str, Dataset, LoadedData]:
+    def dataset(self, spec: str, layers: Layers | None = None) -> tuple[str, str, Dataset, LoadedData]:
         """(label for rows, registered name, source, loaded data) for a --dataset entry."""
         name, path = parse_dataset_spec(spec)
         source = DATASETS.get(name)
-        dataset = source(self.layers.params("dataset", name, name, source.Params), self.data_root, path)
+        dataset = source((layers or self.layers).params("dataset", name, name, source.Params), self.data_root, path)
         MODELS.resolve(dataset.params.model)
         return (spec if path else name), name, dataset, self.load(dataset)
 
-    def attack(self, name: str, dataset_name: str, data: LoadedData) -> Attack:
+    def attack(self, name: str, dataset_name: str, data: LoadedData, layers: Layers | None = None) -> Attack:
         cls = ATTACKS.get(name)
-        return cls(self.layers.params("attack", name, dataset_name, cls.Params), len(data.classes), data.train.images.shape[1], name)
+        return cls((layers or self.layers).params("attack", name, dataset_name, cls.Params), len(data.classes), data.train.images.shape[1], name)
 
     def load(self, dataset: Dataset) -> LoadedData:
         key = content_key(dataset.identity())
