@@ -235,7 +235,7 @@ class RayExecutor:
     """One Ray task per cell (fractional GPUs), rows returned to the driver, which writes them as
     they finish. The cache directory must be on storage every node sees (e.g. NFS)."""
 
-    def __init__(self, address: str | None = None, jobs_per_gpu: int = 1, cpus_per_cell: float = 1.0, retries: int = 2):
+    def __init__(self, address: str | None = None, jobs_per_gpu: int = 1, cpus_per_cell: float = 1.0, retries: int = 1):
         self.address, self.cpus_per_cell, self.retries = address, cpus_per_cell, retries
         self.gpus_per_cell = 1.0 / jobs_per_gpu
 
@@ -301,7 +301,7 @@ def _local(runner, cells: list, options: ExecutorOptions):
 
 
 def _ray(runner, cells: list, options: ExecutorOptions):
-    return RayExecutor(options.address, options.jobs_per_gpu or 1, retries=max(options.retries, 0))
+    return RayExecutor(options.address, options.jobs_per_gpu or 1, retries=options.retries)
 
 
 EXECUTORS = {"local": _local, "ray": _ray}
