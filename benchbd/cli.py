@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import os
+import re
 import sys
+import time
 from pathlib import Path
 
 import click
@@ -112,13 +114,17 @@ def _parse_seeds(text: str) -> list[int]:
 @click.option("--executor", default="local", show_default=True, help="local (worker processes on this machine) or ray.")
 @click.option("--address", default=None, help="Ray cluster address for --executor ray (e.g. auto) [default: a local Ray].")
 @click.option("--retries", default=1, show_default=True, help="Reruns of a cell whose worker died, in the same run.")
+@click.option("--time-limit", default=None, metavar="DURATION",
+              help="Start no new cell after this long (e.g. 50m, 2h, 1h30m, 90s); cells in flight finish, the next run resumes.")
 @click.option("--quiet", is_flag=True, help="No progress display.")
 def run(datasets, attacks, defenses, experiment, seeds, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins,
-        force, dry_run, jobs_per_gpu, executor, address, retries, quiet):
+        force, dry_run, jobs_per_gpu, executor, address, retries, time_limit, quiet):
     """Train every (dataset, attack, defense, seed) cell and write one result row per cell."""
     _load_plugins(plugins)
-    from .progress import NullProgress, RichProgress
+    from .progress import LineProgress, NullProgress, RichProgress
 
+    started = time.monotonic()  # the time limit counts from here, data loading included
+    limit_s = _parse_duration(time_limit) if time_limit is not None else None
     runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
     results = runner.results
     dataset_list = _names(datasets)
@@ -143,14 +149,35 @@ def run(datasets, attacks, defenses, experiment, seeds, budget, results_dir, cac
     chosen_executor = make_executor(executor, runner, cells, ExecutorOptions(device, jobs_per_gpu, retries, address))
     if experiment:
         experiments.Membership(results_dir, chosen.name).add(members)
-    runner.progress = NullProgress() if quiet else RichProgress()
+    if quiet:
+        runner.progress = NullProgress()
+    else:  # bars on a terminal; plain lines in a log file (nohup ... > run.log)
+        runner.progress = RichProgress() if sys.stderr.isatty() else LineProgress(results=results_dir)
+    if limit_s is not None:
+        runner.deadline = started + limit_s
     with runner.progress:
         written = runner.run(cells, force, chosen_executor)
     failed = [row for row in written if row.get("status") == "failed"]
-    total = len({cell.key for cell in cells})
-    click.echo(f"{len(written) - len(failed)} cell(s) run, {total - len(written)} already done"
+    keys, finished = {cell.key for cell in cells}, {row["cell_key"] for row in written}
+    left = sum(key not in finished and not results.done(key) for key in keys)
+    done_before = len(keys) - len(written) - left
+    click.echo(f"{len(written) - len(failed)} cell(s) run, {done_before} already done"
                + (f", {len(failed)} FAILED (see `benchbd table`; the next run retries them)" if failed else "")
                + f"; results in {results_dir}/")
+    if left:
+        click.echo(f"time limit {time_limit} reached: {left} cell(s) left for the next run (the same command resumes)")
+
+
+def _parse_duration(text: str) -> float:
+    """Seconds in '50m', '2h', '1h30m', '90s'."""
+    match = re.fullmatch(r"\s*(?:(\d+(?:\.\d+)?)h)?\s*(?:(\d+(?:\.\d+)?)m)?\s*(?:(\d+(?:\.\d+)?)s)?\s*", text or "")
+    if not text or not match or not any(match.groups()):
+        raise BenchbdError(f"bad --time-limit '{text}': expected a duration like 50m, 2h, 1h30m or 90s")
+    hours, minutes, seconds = (float(g) if g else 0.0 for g in match.groups())
+    total = 3600 * hours + 60 * minutes + seconds
+    if total <= 0:
+        raise BenchbdError(f"bad --time-limit '{text}': must be longer than 0s")
+    return total
 
 
 def _runner(results_dir, cache_dir, data_root, device, config_file, sets):

@@ -1,6 +1,11 @@
 """Progress of long work at three levels: the grid (cells), the cell (its stage), the training run
-(steps, with ETA). The trainer and runner report here; `NullProgress` keeps the library quiet."""
+(steps, with ETA). The trainer and runner report here; `NullProgress` keeps the library quiet,
+`RichProgress` draws bars on a terminal, `LineProgress` prints plain lines for a log file."""
 from __future__ import annotations
+
+import sys
+import time
+from datetime import datetime
 
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -30,8 +35,8 @@ class NullProgress:
     def skipped(self, count: int) -> None:
         """`count` cells of the grid were done earlier."""
 
-    def start_run(self, desc: str, total_steps: int) -> None:
-        """A training run of `total_steps` optimiser steps begins."""
+    def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
+        """A training run of `total_steps` optimiser steps of `batch_size` images (0: not counted in images) begins."""
 
     def advance(self, steps: int = 1, info: str | None = None) -> None:
         """`steps` more optimiser steps are done."""
@@ -82,7 +87,7 @@ class RichProgress(NullProgress):
     def end_cell(self, summary: str) -> None:
         self.view(None).end_cell(summary)
 
-    def start_run(self, desc: str, total_steps: int) -> None:
+    def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
         self.view(None).start_run(desc, total_steps)
 
     def advance(self, steps: int = 1, info: str | None = None) -> None:
@@ -115,7 +120,7 @@ class SlotProgress(NullProgress):
         if self.parent.grid_task is not None:
             self.bars.advance(self.parent.grid_task)
 
-    def start_run(self, desc: str, total_steps: int) -> None:
+    def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
         self.end_run()
         self.run_task = self.bars.add_task(f"{self.prefix}  {desc}", total=total_steps, info="")
 
@@ -131,3 +136,110 @@ class SlotProgress(NullProgress):
         if self.run_task is not None:
             self.bars.remove_task(self.run_task)
             self.run_task = None
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 4m05s, 12s."""
+    seconds = int(max(0, seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
+
+
+class LineProgress(NullProgress):
+    """Plain lines for a log (`nohup benchbd run ... > run.log 2>&1 &; tail -f run.log`): one per
+    cell start and stage, one per training epoch (loss, images/s, ETA of the run), one per finished
+    cell (ASR, CA, wall time) with the grid's ETA. Step counts alone print at most every `every_s`."""
+
+    def __init__(self, stream=None, results: str | None = None, every_s: float = 60.0):
+        self.stream = stream or sys.stderr
+        self.results, self.every_s = results, every_s
+        self.total = self.finished = 0
+        self.cell_seconds: list[float] = []
+        self.slots: dict[int | None, _LineSlot] = {}
+
+    def print(self, text: str) -> None:
+        print(f"[{datetime.now():%H:%M:%S}] {text}", file=self.stream, flush=True)
+
+    def start_grid(self, total: int) -> None:
+        self.total = total
+        self.print(f"grid: {total} cell(s)" + (f"; one result row per finished cell in {self.results}/rows/" if self.results else ""))
+
+    def skipped(self, count: int) -> None:
+        if count:
+            self.finished += count
+            self.print(f"{count} cell(s) done earlier, skipped")
+
+    def cell_done(self, seconds: float) -> str:
+        """Count a finished cell; the grid's progress and ETA (mean time of the cells run so far)."""
+        self.finished += 1
+        self.cell_seconds.append(seconds)
+        left = self.total - self.finished
+        eta = sum(self.cell_seconds) / len(self.cell_seconds) * left / max(1, len(self.slots))
+        return f"grid {self.finished}/{self.total}" + (f", ETA {duration(eta)}" if left else "")
+
+    def view(self, slot: int | None) -> "_LineSlot":
+        if slot not in self.slots:
+            self.slots[slot] = _LineSlot(self, slot)
+        return self.slots[slot]
+
+    def start_cell(self, label: str) -> None:
+        self.view(None).start_cell(label)
+
+    def stage(self, text: str) -> None:
+        self.view(None).stage(text)
+
+    def end_cell(self, summary: str) -> None:
+        self.view(None).end_cell(summary)
+
+    def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
+        self.view(None).start_run(desc, total_steps, batch_size)
+
+    def advance(self, steps: int = 1, info: str | None = None) -> None:
+        self.view(None).advance(steps, info)
+
+    def end_run(self) -> None:
+        self.view(None).end_run()
+
+
+class _LineSlot(NullProgress):
+    """One running cell's lines in a LineProgress."""
+
+    def __init__(self, parent: LineProgress, slot: int | None):
+        self.parent = parent
+        self.prefix = "" if slot is None else f"[worker {slot}] "
+        self.label, self.cell_started = "", 0.0
+        self.desc, self.total, self.done, self.batch_size = "", 0, 0, 0
+        self.run_started = self.mark_time = 0.0
+        self.mark_steps = 0
+
+    def print(self, text: str) -> None:
+        self.parent.print(self.prefix + text)
+
+    def start_cell(self, label: str) -> None:
+        self.label, self.cell_started = label, time.monotonic()
+        self.print(f"cell {label}: started")
+
+    def stage(self, text: str) -> None:
+        self.print(f"cell {self.label}: {text}")
+
+    def end_cell(self, summary: str) -> None:
+        grid = self.parent.cell_done(time.monotonic() - self.cell_started)
+        self.print(f"cell {self.label}: {summary}; {grid}")
+
+    def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
+        self.desc, self.total, self.done, self.batch_size = desc, total_steps, 0, batch_size
+        self.run_started = self.mark_time = time.monotonic()
+        self.mark_steps = 0
+
+    def advance(self, steps: int = 1, info: str | None = None) -> None:
+        self.done += steps
+        now = time.monotonic()
+        if info is None and now - self.mark_time < self.parent.every_s:
+            return
+        rate = (self.done - self.mark_steps) / max(now - self.mark_time, 1e-9)
+        speed = f"{rate * self.batch_size:.0f} images/s" if self.batch_size else f"{rate:.1f} steps/s"
+        elapsed = now - self.run_started
+        eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
+        self.print(f"cell {self.label} | {self.desc} | {info or f'step {self.done}/{self.total}'} | {speed} | ETA {duration(eta)}")
+        self.mark_time, self.mark_steps = now, self.done

@@ -2,7 +2,9 @@
 
 The whole split is moved to the device once as uint8; batches are gathered, augmented and
 converted there, channels_last; on CUDA also bf16 autocast. The loop does not synchronise with
-the host inside an epoch (the running loss is read once per epoch).
+the host inside an epoch (the running loss is read once per epoch). Every training loop drops the
+last partial batch, as the official loaders do (`drop_last=True`): a split smaller than one batch
+trains on one batch of all of it.
 """
 from __future__ import annotations
 
@@ -20,6 +22,10 @@ from .data.splits import Split
 from .progress import NullProgress
 from .registry import Registry
 from .seeding import generator
+
+# Bump when what a training run computes changes (2: the last partial batch is dropped): it is part
+# of every cached model's key and every cell's key, so older artifacts and rows are not reused.
+TRAINER_VERSION = 2
 
 LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor]
 
@@ -104,6 +110,14 @@ class TrainingDiverged(RuntimeError):
     """A training run's loss became NaN or infinite: the cell fails with this reason, the grid goes on."""
 
 
+def steps_per_epoch(n: int, batch_size: int, budget: "Budget") -> int:
+    """Full batches only (drop_last); one batch of all `n` when `n` is smaller than a batch."""
+    steps = n // batch_size if n >= batch_size else 1
+    if budget.max_steps_per_epoch is not None:
+        steps = min(steps, budget.max_steps_per_epoch)
+    return steps
+
+
 def resolve_device(name: str = "auto") -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -131,11 +145,12 @@ class Trainer:
     def fit(self, model: nn.Module, data: Split, recipe: TrainRecipe, *, loss: LossFn = cross_entropy,
             params: Iterable[torch.nn.Parameter] | None = None, desc: str = "train",
             wrap_optimizer: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None,
-            mixed_precision: bool = True) -> nn.Module:
+            mixed_precision: bool = True, augment: bool = True) -> nn.Module:
         """Train `params` (default: every parameter that requires grad) of `model` on `data`.
 
         `wrap_optimizer(optimizer)` may replace the recipe's optimizer (DP-SGD);
-        `mixed_precision=False` keeps float32 on CUDA too."""
+        `mixed_precision=False` keeps float32 on CUDA too; `augment=False` trains on the images as
+        they are (ABL's isolation and unlearning, as the official code)."""
         model = self.prepare(model)
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         optimizer = make_optimizer(recipe, params)
@@ -147,18 +162,16 @@ class Trainer:
         attacker_loss = getattr(data, "training_loss", None)  # an attack that controls training (lba_k)
         poisoned = data.poison_mask.to(self.device) if attacker_loss is not None else None
         n, bs = len(labels), recipe.batch_size
-        steps = math.ceil(n / bs) if n % bs != 1 else n // bs  # a last batch of one breaks BatchNorm
-        if self.budget.max_steps_per_epoch is not None:
-            steps = min(steps, self.budget.max_steps_per_epoch)
+        steps = steps_per_epoch(n, bs, self.budget)
         gen = generator(self.seed, f"fit:{desc}", self.device)
-        self.progress.start_run(desc, epochs * steps)
+        self.progress.start_run(desc, epochs * steps, min(bs, n))
         for epoch in range(epochs):
             model.train()
             order = torch.randperm(n, device=self.device, generator=gen)
             total = torch.zeros((), device=self.device)
             for step in range(steps):
                 index = order[step * bs: (step + 1) * bs]
-                x = self.pipeline.train(images[index], gen)
+                x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
                 with self.autocast() if mixed_precision else nullcontext():
                     value = loss(model, x, labels[index], gen)
                     if attacker_loss is not None:
@@ -202,14 +215,12 @@ class Trainer:
 
     def batches(self, data: Split, batch_size: int, purpose: str, augment: bool = False):
         """One seeded pass over `data` in shuffled batches of float inputs on the device, for
-        defenses with loops of their own (ANP, I-BAU). Honours the budget's step cap."""
+        defenses with loops of their own (ANP, I-BAU). Full batches only, as `fit`; honours the
+        budget's step cap."""
         gen = generator(self.seed, f"batches:{purpose}", self.device)
         images, labels = data.images.to(self.device), data.labels.to(self.device)
         order = torch.randperm(len(labels), device=self.device, generator=gen)
-        steps = math.ceil(len(labels) / batch_size)
-        if self.budget.max_steps_per_epoch is not None:
-            steps = min(steps, self.budget.max_steps_per_epoch)
-        for step in range(steps):
+        for step in range(steps_per_epoch(len(labels), batch_size, self.budget)):
             index = order[step * batch_size: (step + 1) * batch_size]
             x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
             yield x, labels[index]

@@ -1,6 +1,8 @@
 """Anti-Backdoor Learning (Li et al., 2021), SPEC section 7: backdoored samples are learnt fastest,
 so a model trained with the local gradient ascent loss isolates the 1% with the lowest loss,
-trains on the rest, then unlearns the isolated samples by gradient ascent."""
+trains on the rest, then unlearns the isolated samples by gradient ascent. Isolation and unlearning
+see the images un-augmented, as the official code: crop and flip would move or cut a corner trigger
+and slow the very learning that isolation measures."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -37,6 +39,7 @@ class AntiBackdoorLearning(Defense):
 
     Params = AblParams
     needs = frozenset({Need.POISONED_TRAIN})
+    version = 2  # 2: isolation and unlearning un-augmented; full batches only
 
     def run(self, ctx):
         p = self.params
@@ -47,7 +50,7 @@ class AntiBackdoorLearning(Defense):
             loss = F.cross_entropy(model(x), y)
             return torch.sign(loss - p.gamma) * loss
 
-        model = trainer.fit(ctx.new_model(), data, p.isolation, loss=lga, desc="ABL isolation")
+        model = trainer.fit(ctx.new_model(), data, p.isolation, loss=lga, desc="ABL isolation", augment=False)
         isolated = self.isolate(trainer, model, data)
         kept = torch.ones(len(data), dtype=torch.bool)
         kept[isolated] = False
@@ -59,7 +62,7 @@ class AntiBackdoorLearning(Defense):
         def ascent(m, x, y, gen):
             return -F.cross_entropy(m(x), y)
 
-        return trainer.fit(model, data.subset(isolated), p.unlearning, loss=ascent, desc="ABL unlearning")
+        return trainer.fit(model, data.subset(isolated), p.unlearning, loss=ascent, desc="ABL unlearning", augment=False)
 
     def isolate(self, trainer, model, data) -> torch.Tensor:
         """Indices of the isolation_ratio share of samples with the lowest loss."""

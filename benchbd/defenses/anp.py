@@ -44,6 +44,7 @@ class AdversarialNeuronPruning(Defense):
 
     Params = AnpParams
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
+    version = 2  # 2: the noise step is not clamped (reaches 2 eps) and masks learn on augmented batches
 
     def run(self, ctx):
         model = ctx.trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))).eval().requires_grad_(False)
@@ -81,18 +82,18 @@ class AdversarialNeuronPruning(Defense):
 
         holdout = ctx.need(Need.HOLDOUT)
         iterations = trainer.budget.iterations(p.iterations)
-        batches = itertools.chain.from_iterable(trainer.batches(holdout, p.batch_size, f"anp:{epoch}") for epoch in itertools.count())
+        batches = itertools.chain.from_iterable(trainer.batches(holdout, p.batch_size, f"anp:{epoch}", augment=True) for epoch in itertools.count())
         trainer.progress.start_run("ANP masks", iterations)
         for x, y in itertools.islice(batches, iterations):
             noise_w = {n: torch.empty_like(m.weight).uniform_(-p.eps, p.eps, generator=gen).requires_grad_() for n, m in bns.items()}
             noise_b = {n: torch.empty_like(m.bias).uniform_(-p.eps, p.eps, generator=gen).requires_grad_() for n, m in bns.items()}
-            if p.eps > 0:  # one signed step that makes the noise maximise the loss
+            if p.eps > 0:  # one signed step that makes the noise maximise the loss; not clamped, as the official code
                 loss = F.cross_entropy(forward(x, noise_w, noise_b), y)
                 # allow_unused: a BN whose output the network never reads (WRN's quirk) gets no gradient
                 grads = torch.autograd.grad(loss, [*noise_w.values(), *noise_b.values()], allow_unused=True)
                 for t, g in zip([*noise_w.values(), *noise_b.values()], grads):
                     if g is not None:
-                        t.data = (t.data + p.eps * g.sign()).clamp_(-p.eps, p.eps)
+                        t.data = t.data + p.eps * g.sign()
             noise_w = {n: t.detach() for n, t in noise_w.items()}
             noise_b = {n: t.detach() for n, t in noise_b.items()}
             loss = p.alpha * F.cross_entropy(forward(x), y) + (1 - p.alpha) * F.cross_entropy(forward(x, noise_w, noise_b), y)

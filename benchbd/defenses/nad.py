@@ -35,14 +35,19 @@ def stage_features(net: SplitNet, x: torch.Tensor, stages: tuple[int, ...]) -> t
     return net.tail(out), feats
 
 
+def _nad_sgd(epochs: int) -> TrainRecipe:
+    return TrainRecipe(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="step", milestones=(2,),
+                       epochs=epochs, batch_size=64)
+
+
 @dataclass
 class NadParams:
     betas: tuple[float, ...] = (500.0, 1000.0, 1000.0)  # for the last len(betas) stages, in order
     power: float = 2.0
-    teacher: TrainRecipe = field(default_factory=lambda: TrainRecipe(
-        optimizer="sgd", lr=0.01, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="constant", epochs=10, batch_size=64))
-    student: TrainRecipe = field(default_factory=lambda: TrainRecipe(
-        optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="step", milestones=(2,), epochs=20, batch_size=64))
+    # The official recipe for both: the teacher is the student's training with beta = 0 for 10
+    # epochs (the NAD README), SGD nesterov lr 0.1 for epochs 0-1, then 0.01.
+    teacher: TrainRecipe = field(default_factory=lambda: _nad_sgd(epochs=10))
+    student: TrainRecipe = field(default_factory=lambda: _nad_sgd(epochs=20))
 
     def __post_init__(self):
         check(len(self.betas) >= 1 and all(b >= 0 for b in self.betas), f"betas={list(self.betas)} must be non-negative, at least one")
@@ -54,6 +59,7 @@ class NeuralAttentionDistillation(Defense):
 
     Params = NadParams
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
+    version = 2  # 2: the teacher is fine-tuned with the official recipe (lr 0.1, then 0.01 from epoch 2)
 
     def check_model(self, model) -> None:
         if len(self.params.betas) > len(model.stage_ends):

@@ -42,6 +42,8 @@ class Serial:
 
     def run(self, runner, cells: list, write: Write) -> None:
         for cell in cells:
+            if runner.out_of_time():
+                return
             runner.progress.start_cell(cell.label)
             row = runner.safe_run_cell(cell)
             write(row)
@@ -65,9 +67,9 @@ class QueueProgress(NullProgress):
     def stage(self, text):
         self._send("stage", text)
 
-    def start_run(self, desc, total_steps):
+    def start_run(self, desc, total_steps, batch_size=0):
         self.pending_steps = 0
-        self._send("start_run", desc, total_steps)
+        self._send("start_run", desc, total_steps, batch_size)
 
     def advance(self, steps=1, info=None):
         self.pending_steps += steps
@@ -156,9 +158,9 @@ class LocalProcesses:
             start(slot)
         checked = time.monotonic()
         try:
-            while todo or any(w["cell"] is not None for w in workers.values()):
+            while (todo and not runner.out_of_time()) or any(w["cell"] is not None for w in workers.values()):
                 for slot, worker in workers.items():
-                    if worker["cell"] is None and todo and worker["process"].is_alive():
+                    if worker["cell"] is None and todo and worker["process"].is_alive() and not runner.out_of_time():
                         worker["cell"] = todo.popleft()
                         view(slot).start_cell(worker["cell"][1].label)
                         worker["inbox"].put(worker["cell"])
@@ -251,14 +253,21 @@ class RayExecutor:
         gpus = ray.cluster_resources().get("GPU", 0) if runner.device.type == "cuda" else 0
         task = ray.remote(_ray_cell).options(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell if gpus else 0,
                                              max_retries=self.retries)
+        # Tasks are submitted as slots free up (not all at once), so that a time limit can stop
+        # submitting while the cells in flight finish.
+        slots = max(1, int(gpus / self.gpus_per_cell) if gpus else int(ray.cluster_resources().get("CPU", 1) / self.cpus_per_cell))
         data_refs: dict[int, object] = {}
         pending = {}
-        for cell in interleave(cells):
-            ref = data_refs.setdefault(id(cell.data), ray.put(cell.data))
-            stripped = dataclasses.replace(cell, data=None)
-            pending[task.remote(stripped, ref, str(Path(runner.results.root).resolve()), str(Path(runner.cache.root).resolve()),
-                                "cuda" if gpus else "cpu")] = cell
-        while pending:
+        todo = collections.deque(interleave(cells))
+        while pending or (todo and not runner.out_of_time()):
+            while todo and len(pending) < slots and not runner.out_of_time():
+                cell = todo.popleft()
+                ref = data_refs.setdefault(id(cell.data), ray.put(cell.data))
+                stripped = dataclasses.replace(cell, data=None)
+                pending[task.remote(stripped, ref, str(Path(runner.results.root).resolve()), str(Path(runner.cache.root).resolve()),
+                                    "cuda" if gpus else "cpu")] = cell
+            if not pending:
+                break
             done, _ = ray.wait(list(pending), num_returns=1)
             cell = pending.pop(done[0])
             runner.progress.start_cell(cell.label)

@@ -23,7 +23,7 @@ from ..errors import BenchbdError
 from ..models import MODELS, create_model
 from ..progress import NullProgress
 from ..seeding import derive
-from ..train import BUDGETS, Trainer, TrainingDiverged, TrainRecipe, resolve_device
+from ..train import BUDGETS, TRAINER_VERSION, Trainer, TrainingDiverged, TrainRecipe, resolve_device
 from .cache import Cache, content_key
 from .results import Results
 
@@ -65,7 +65,8 @@ class Cell:
     @property
     def key(self) -> str:
         return content_key({"dataset": self.dataset_name, "poison": self.poison_identity(), "defense": self.defense.name,
-                            "defense_version": self.defense.version, "params": self.params(), "budget": self.budget})
+                            "defense_version": self.defense.version, "params": self.params(), "budget": self.budget,
+                            "trainer": TRAINER_VERSION})
 
 
 @dataclass
@@ -99,7 +100,12 @@ class Runner:
         self.device = resolve_device(device)
         self.progress = progress or NullProgress()
         self.warn = warn
+        self.deadline: float | None = None  # time.monotonic() after which no new cell starts (--time-limit)
         self._loaded: dict[str, LoadedData] = {}
+
+    def out_of_time(self) -> bool:
+        """True once the run's time limit has passed: executors start no new cell, cells in flight finish."""
+        return self.deadline is not None and time.monotonic() >= self.deadline
 
     # ---- planning: every name and parameter is checked before anything trains
     def plan(self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str,
@@ -283,7 +289,8 @@ class Runner:
     def defense_model(self, cell: Cell, purpose: str, identity: dict, model: torch.nn.Module, train) -> bool:
         """A defense's intermediate model (T&R's stage 1), cached by what determines it; True on a hit."""
         key = {"defense": cell.defense.name, "version": cell.defense.version, "purpose": purpose, "settings": identity,
-               "poison": cell.poison_identity(), "seed": cell.seed, "model": cell.model_name, "budget": cell.budget}
+               "poison": cell.poison_identity(), "seed": cell.seed, "model": cell.model_name, "budget": cell.budget,
+               "trainer": TRAINER_VERSION}
 
         def build():
             train(model)
@@ -306,7 +313,7 @@ class Runner:
             return trainer.fit(model, data, cell.normal_recipe, desc=purpose).state_dict()
 
         key = {**identity, "purpose": purpose, "seed": cell.seed, "holdout": cell.dataset.params.holdout_fraction,
-               "model": cell.model_name, "recipe": as_dict(cell.normal_recipe), "budget": cell.budget}
+               "model": cell.model_name, "recipe": as_dict(cell.normal_recipe), "budget": cell.budget, "trainer": TRAINER_VERSION}
         state, hit = self.cache.get_or_build(purpose.replace(" ", "_"), key, build)
         model.load_state_dict(state)
         return model, hit

@@ -1,0 +1,89 @@
+"""Progress a person can follow in a log file, and a run bounded by time (--time-limit)."""
+import io
+import re
+
+import pytest
+from click.testing import CliRunner
+
+from benchbd.cli import _parse_duration, main
+from benchbd.errors import BenchbdError
+from benchbd.progress import LineProgress
+from benchbd.runner import Results
+
+SYN = ["--dataset", "synthetic", "--set", "dataset.synthetic.n_train=300", "--set", "dataset.synthetic.n_test=100", "--budget", "smoke"]
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def test_a_run_without_a_terminal_prints_plain_lines(tmp_path):
+    res = invoke("run", *SYN, "--attacks", "badnet_grid", "--defenses", "none,ft", "--results", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    log = res.stderr
+    assert f"grid: 2 cell(s); one result row per finished cell in {tmp_path / 'r'}/rows/" in log
+    # one line per training epoch: cell, stage, epoch k/n with its loss, images/s, ETA
+    assert re.search(r"cell synthetic / badnet_grid / none / seed 0 \| backdoored \| epoch 1/1 loss \d+\.\d+ \| \d+ images/s \| ETA \S+", log)
+    assert re.search(r"\| fine-tuning \| epoch 1/1 loss", log)
+    # one line per finished cell: ASR, CA, wall time, and the grid's progress
+    assert re.search(r"cell synthetic / badnet_grid / none / seed 0: ASR \d+\.\d+  CA \d+\.\d+  \(\d+s\); grid 1/2, ETA \S+", log)
+    assert re.search(r"cell synthetic / badnet_grid / ft / seed 0: ASR .*; grid 2/2\n", log)
+    assert "\x1b[" not in log  # no terminal control codes in a log
+
+
+def test_line_progress_reports_steps_without_epochs_at_most_every_interval():
+    out = io.StringIO()
+    progress = LineProgress(out, every_s=3600)
+    progress.start_grid(1)
+    progress.start_cell("c")
+    progress.start_run("ANP masks", 100)
+    for _ in range(99):
+        progress.advance(1)
+    assert "ANP masks" not in out.getvalue()  # no line before the interval passes
+    progress.advance(1, "done")
+    assert re.search(r"cell c \| ANP masks \| done \| \d+\.\d steps/s \| ETA 0s", out.getvalue())
+
+
+def test_time_limit_starts_no_new_cell_and_the_next_run_resumes(tmp_path):
+    results = tmp_path / "r"
+    args = ["run", *SYN, "--quiet", "--attacks", "badnet_grid,blend", "--defenses", "none", "--results", results]
+    res = invoke(*args, "--time-limit", "0.001s")  # over before the first cell could start
+    assert res.exit_code == 0, res.output
+    assert "time limit 0.001s reached: 2 cell(s) left for the next run" in res.output
+    assert Results(results).rows() == []
+    res = invoke(*args)
+    assert res.exit_code == 0 and "2 cell(s) run, 0 already done" in res.output
+    assert "time limit" not in res.output
+
+
+def test_time_limit_lets_the_cell_in_flight_finish(tmp_path, monkeypatch):
+    """The limit passes while the first cell runs: it finishes and is written, no other starts."""
+    from benchbd.runner.grid import Runner
+
+    original = Runner.safe_run_cell
+
+    def run_then_expire(self, cell):
+        row = original(self, cell)
+        self.deadline = 0.0  # the limit passed while this cell ran
+        return row
+
+    monkeypatch.setattr(Runner, "safe_run_cell", run_then_expire)
+    results = tmp_path / "r"
+    res = invoke("run", *SYN, "--quiet", "--attacks", "badnet_grid", "--defenses", "none,ft,fp", "--results", results,
+                 "--time-limit", "1h")
+    assert res.exit_code == 0, res.output
+    assert len(Results(results).rows()) == 1
+    assert "1 cell(s) run, 0 already done" in res.output and "time limit 1h reached: 2 cell(s) left" in res.output
+
+
+@pytest.mark.parametrize("text, seconds", [("50m", 3000), ("2h", 7200), ("1h30m", 5400), ("90s", 90), ("1.5h", 5400)])
+def test_durations(text, seconds):
+    assert _parse_duration(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "50", "5 minutes", "0m", "m"])
+def test_bad_time_limit_is_one_line(text, tmp_path):
+    with pytest.raises(BenchbdError, match="bad --time-limit"):
+        _parse_duration(text)
+    res = invoke("run", *SYN, "--results", tmp_path / "r", "--time-limit", text)
+    assert res.exit_code == 2 and "Traceback" not in res.output and "bad --time-limit" in res.output
