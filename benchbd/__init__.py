@@ -1,4 +1,5 @@
 """benchbd: one harness for backdoor attacks and defenses on image classifiers."""
+
 from importlib.metadata import PackageNotFoundError, version
 
 try:

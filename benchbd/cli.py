@@ -1,10 +1,12 @@
 """The command line: parses, delegates, prints. No science here."""
+
 from __future__ import annotations
 
 import os
 import re
 import sys
 import time
+import traceback
 from pathlib import Path
 
 import click
@@ -14,6 +16,11 @@ from rich.table import Table
 from .errors import BenchbdError, unknown
 
 LIST_KINDS = ("attacks", "defenses", "datasets", "models", "budgets")
+DATA_ROOT_HELP = "Where datasets live [default: $BENCHBD_DATA or ~/.cache/benchbd/data]."
+CACHE_HELP = "Artifact cache [default: RESULTS/cache]."
+DEVICE_HELP = "auto, cpu, cuda, cuda:1, ..."
+CONFIG_HELP = "A YAML file of parameters in registry.yaml's layout."
+SET_HELP = "Override one parameter (repeatable)."
 
 
 class Cli(click.Group):
@@ -23,8 +30,13 @@ class Cli(click.Group):
         try:
             return super().invoke(ctx)
         except BenchbdError as exc:
+            if ctx.params.get("debug"):
+                traceback.print_exception(exc.__cause__ or exc, file=sys.stderr)
             click.echo(f"error: {exc}", err=True)
             ctx.exit(2)
+        except KeyboardInterrupt:
+            click.echo("interrupted: every finished cell's row is kept; the same command resumes", err=True)
+            ctx.exit(130)
 
 
 def _components():
@@ -32,23 +44,31 @@ def _components():
     from . import attacks, defenses, models  # noqa: F401
     from .data import DATASETS
     from .train import BUDGETS
-    return {"attacks": attacks.ATTACKS, "defenses": defenses.DEFENSES, "datasets": DATASETS,
-            "models": models.MODELS, "budgets": BUDGETS}
+
+    return {"attacks": attacks.ATTACKS, "defenses": defenses.DEFENSES, "datasets": DATASETS, "models": models.MODELS, "budgets": BUDGETS}
 
 
 def _load_plugins(plugins: tuple[str, ...]) -> None:
     from .registry import load_plugins
+
     _components()
     load_plugins(plugins)
 
 
-plugin_option = click.option("--plugin", "plugins", multiple=True, metavar="MODULE",
-                             help="Import MODULE first, so the components it registers can be used (repeatable).")
+plugin_option = click.option(
+    "--plugin",
+    "plugins",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE (a module name on PYTHONPATH, or a path to a .py file) first, so the components "
+    "it registers can be used (repeatable).",
+)
 
 
 @click.group(cls=Cli)
 @click.version_option(package_name="benchbd")
-def main():
+@click.option("--debug", is_flag=True, help="On an error, also print the traceback of its cause (e.g. a plugin's bug).")
+def main(debug):
     """benchbd: benchmark backdoor defenses on image classifiers."""
 
 
@@ -74,11 +94,11 @@ def list_cmd(kind: str, plugins):
         if kind == "defenses":
             row += [", ".join(sorted(n.value for n in entry.obj.needs)), entry.obj.scenario()]
         if kind == "attacks":
-            row.append(("clean" if entry.obj.clean_label else "dirty") + ("" if entry.obj.in_all else ", not in 'all'"))
+            row.append(entry.obj.label_kind() + ("" if entry.obj.in_all else ", not in 'all'"))
         if kind == "datasets" and entry.obj.takes_path:
             row[0] += ":PATH"
         table.add_row(*row)
-    Console(width=int(os.environ.get("COLUMNS", 160))).print(table)
+    Console().print(table)  # the terminal's real width (COLUMNS when set); rich wraps cells to fit
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -87,64 +107,117 @@ def _parse_seeds(text: str) -> list[int]:
         part = part.strip()
         lo, dash, hi = part.partition("-")
         try:
-            seeds += list(range(int(lo), int(hi) + 1)) if dash and lo else [int(part)]
+            chosen = list(range(int(lo), int(hi) + 1)) if dash and lo else [int(part)]
         except ValueError:
             raise BenchbdError(f"bad --seeds '{text}': expected integers like 0 or 0,1,2 or 0-4") from None
+        if not chosen:
+            raise BenchbdError(f"bad --seeds '{text}': the range {part} is empty (write it low-high, e.g. {hi}-{lo})")
+        seeds += chosen
     return list(dict.fromkeys(seeds))
 
 
 @main.command()
-@click.option("--dataset", "datasets", default=None, help="Comma-separated: cifar10, gtsrb, imagenet12, cifar10-mini, synthetic, npz:PATH, imagefolder:PATH [default: cifar10-mini, or the experiment's].")
+@click.option(
+    "--dataset",
+    "datasets",
+    default=None,
+    help="Comma-separated: cifar10, gtsrb, imagenet12, cifar10-mini, synthetic, npz:PATH, imagefolder:PATH "
+    "[default: cifar10-mini, or the experiment's].",
+)
 @click.option("--attacks", default=None, help="Comma-separated attack names, or 'all' [default: badnet_grid, or the experiment's].")
 @click.option("--defenses", default=None, help="Comma-separated defense names, or 'all' [default: none,tnr].")
 @click.option("--experiment", default=None, help="A named experiment (see `benchbd experiments`) or an experiment YAML file.")
 @click.option("--seeds", default=None, help="Seeds: 0 or 0,1,2 or 0-4 [default: 0, or the experiment's].")
 @click.option("--budget", default="fast", show_default=True, help="Training budget: paper, fast, demo, smoke.")
 @click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Results directory.")
-@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help="Artifact cache [default: RESULTS/cache].")
-@click.option("--data-root", default=None, type=click.Path(file_okay=False), help="Where datasets live [default: $BENCHBD_DATA or ~/.cache/benchbd/data].")
-@click.option("--device", default="auto", show_default=True, help="auto, cpu, cuda, cuda:1, ...")
-@click.option("--config", "config_file", default=None, help="A YAML file of parameters in registry.yaml's layout.")
-@click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help="Override one parameter (repeatable).")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
+@click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP)
+@click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help=SET_HELP)
 @plugin_option
 @click.option("--force", is_flag=True, help="Rerun cells that already have a result row.")
 @click.option("--dry-run", is_flag=True, help="List the cells (and which are done) without training.")
-@click.option("--jobs-per-gpu", "--jobs-per-device", "jobs_per_gpu", type=int, default=None,
-              help="Cells at once on each GPU (or on the CPU) [default: from free GPU memory; 1 on a CPU].")
+@click.option(
+    "--jobs-per-gpu",
+    "--jobs-per-device",
+    "jobs_per_gpu",
+    type=int,
+    default=None,
+    help="Cells at once on each GPU (or on the CPU) [default: from free GPU memory; 1 on a CPU].",
+)
 @click.option("--executor", default="local", show_default=True, help="local (worker processes on this machine) or ray.")
 @click.option("--address", default=None, help="Ray cluster address for --executor ray (e.g. auto) [default: a local Ray].")
 @click.option("--retries", default=1, show_default=True, help="Reruns of a cell whose worker died, in the same run.")
-@click.option("--time-limit", default=None, metavar="DURATION",
-              help="Start no new cell after this long (e.g. 50m, 2h, 1h30m, 90s); cells in flight finish, the next run resumes.")
+@click.option(
+    "--time-limit",
+    default=None,
+    metavar="DURATION",
+    help="Start no new cell after this long (e.g. 50m, 2h, 1h30m, 90s); cells in flight finish, the next run resumes.",
+)
 @click.option("--quiet", is_flag=True, help="No progress display.")
-def run(datasets, attacks, defenses, experiment, seeds, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins,
-        force, dry_run, jobs_per_gpu, executor, address, retries, time_limit, quiet):
+def run(
+    datasets,
+    attacks,
+    defenses,
+    experiment,
+    seeds,
+    budget,
+    results_dir,
+    cache_dir,
+    data_root,
+    device,
+    config_file,
+    sets,
+    plugins,
+    force,
+    dry_run,
+    jobs_per_gpu,
+    executor,
+    address,
+    retries,
+    time_limit,
+    quiet,
+):
     """Train every (dataset, attack, defense, seed) cell and write one result row per cell."""
     _load_plugins(plugins)
     from .progress import LineProgress, NullProgress, RichProgress
 
     started = time.monotonic()  # the time limit counts from here, data loading included
     limit_s = _parse_duration(time_limit) if time_limit is not None else None
+    from .runner.executors import ExecutorOptions, check_options
+
+    check_options(executor, ExecutorOptions(device, jobs_per_gpu, retries, address))
     runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
     results = runner.results
     dataset_list = _names(datasets)
-    seed_list = _parse_seeds(seeds) if seeds else None
+    seed_list = _parse_seeds(seeds) if seeds is not None else None
     columns = {}
     if experiment:
         from . import experiments
 
         if defenses:
-            raise BenchbdError("--defenses cannot be combined with --experiment: the experiment's columns are its defenses "
-                               "(copy its YAML file to change them)")
+            raise BenchbdError(
+                "--defenses cannot be combined with --experiment: the experiment's columns are its defenses "
+                "(copy its YAML file to change them)"
+            )
         chosen = experiments.load(experiment)
         cells, members = experiments.plan(chosen, runner, budget, seed_list, dataset_list, attacks)
         columns = {key: name for name, keys in reversed(members.items()) for key in keys}
     else:
-        cells = runner.plan(dataset_list or ["cifar10-mini"], attacks or "badnet_grid", defenses or "none,tnr", seed_list or [0], budget)
+        cells = runner.plan(
+            dataset_list or ["cifar10-mini"],
+            "badnet_grid" if attacks is None else attacks,
+            "none,tnr" if defenses is None else defenses,
+            seed_list or [0],
+            budget,
+        )
     if dry_run:
         _print_plan(cells, results, columns)
         return
-    from .runner.executors import ExecutorOptions, make_executor
+    _writable_dir(Path(results_dir), "results directory")
+    _writable_dir(Path(cache_dir) if cache_dir else Path(results_dir) / "cache", "cache directory")
+    from .runner.executors import make_executor
 
     chosen_executor = make_executor(executor, runner, cells, ExecutorOptions(device, jobs_per_gpu, retries, address))
     if experiment:
@@ -161,11 +234,15 @@ def run(datasets, attacks, defenses, experiment, seeds, budget, results_dir, cac
     keys, finished = {cell.key for cell in cells}, {row["cell_key"] for row in written}
     left = sum(key not in finished and not results.done(key) for key in keys)
     done_before = len(keys) - len(written) - left
-    click.echo(f"{len(written) - len(failed)} cell(s) run, {done_before} already done"
-               + (f", {len(failed)} FAILED (see `benchbd table`; the next run retries them)" if failed else "")
-               + f"; results in {results_dir}/")
+    click.echo(
+        f"{len(written) - len(failed)} cell(s) run, {done_before} already done"
+        + (f", {len(failed)} FAILED (see `benchbd table`; the next run retries them)" if failed else "")
+        + f"; results in {results_dir}/"
+    )
     if left:
         click.echo(f"time limit {time_limit} reached: {left} cell(s) left for the next run (the same command resumes)")
+    if failed:
+        sys.exit(1)  # after finishing the others: scripts and CI can tell a grid with failed cells
 
 
 def _parse_duration(text: str) -> float:
@@ -186,8 +263,14 @@ def _runner(results_dir, cache_dir, data_root, device, config_file, sets):
 
     layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
     warn = lambda msg: click.echo(msg, err=True)  # noqa: E731
-    return Runner(Results(results_dir), Cache(cache_dir or Path(results_dir) / "cache", warn), layers,
-                  Path(data_root) if data_root else None, device, warn=warn)
+    return Runner(
+        Results(results_dir, warn),
+        Cache(cache_dir or Path(results_dir) / "cache", warn),
+        layers,
+        Path(data_root) if data_root else None,
+        device,
+        warn=warn,
+    )
 
 
 def _print_plan(cells, results, columns: dict[str, str]) -> None:
@@ -199,8 +282,10 @@ def _print_plan(cells, results, columns: dict[str, str]) -> None:
         done = results.done(cell.key)
         todo += not done
         status = "done" if done else ("failed earlier: to run" if results.has(cell.key) else "to run")
-        table.add_row(cell.dataset_name, cell.attack.name, cell.defense.name, columns.get(cell.key, ""), str(cell.seed), cell.budget, status)
-    Console(width=int(os.environ.get("COLUMNS", 160))).print(table)
+        table.add_row(
+            cell.dataset_name, cell.attack.name, cell.defense.name, columns.get(cell.key, ""), str(cell.seed), cell.budget, status
+        )
+    Console().print(table)  # the terminal's real width (COLUMNS when set); rich wraps cells to fit
     click.echo(f"{todo} of {len(cells)} cell(s) to run")
 
 
@@ -214,33 +299,64 @@ def experiments_cmd():
         table.add_column(column)
     for name in experiments.names():
         e = experiments.load(name)
-        table.add_row(name, e.reproduces, e.title, ", ".join(e.datasets), ", ".join(e.attacks), ", ".join(c.name for c in e.columns),
-                      str(len(e.datasets) * len(e.attacks) * len(e.columns)))
-    Console(width=int(os.environ.get("COLUMNS", 200))).print(table)
+        table.add_row(
+            name,
+            e.reproduces,
+            e.title,
+            ", ".join(e.datasets),
+            ", ".join(e.attacks),
+            ", ".join(c.name for c in e.columns),
+            str(len(e.datasets) * len(e.attacks) * len(e.columns)),
+        )
+    Console().print(table)
 
 
 @main.command()
 @click.argument("what", default="attacks")
-@click.option("--dataset", default="cifar10-mini", show_default=True, help="Dataset whose test image is shown.")
+@click.argument("name", required=False)
+@click.option(
+    "--dataset",
+    default="cifar10-mini",
+    show_default=True,
+    help="Dataset whose test image is shown, or whose per-dataset values are resolved.",
+)
 @click.option("--attacks", default="all", show_default=True, help="Comma-separated attack names, or 'all'.")
 @click.option("--index", default=0, show_default=True, help="Which non-target test image (0 = the first).")
 @click.option("--amplify", default=5.0, show_default=True, help="Factor on the difference image.")
-@click.option("--out", default="gallery.png", show_default=True, type=click.Path(dir_okay=False), help="PNG to write.")
-@click.option("--data-root", default=None, type=click.Path(file_okay=False))
-@click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE")
+@click.option(
+    "--out", default="gallery.png", show_default=True, type=click.Path(dir_okay=False), help="Image to write (.png if no extension)."
+)
+@click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP)
+@click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help=SET_HELP)
+@click.option("--config", "config_file", default=None, help=CONFIG_HELP)
 @plugin_option
-def show(what, dataset, attacks, index, amplify, out, data_root, sets, plugins):
-    """Draw the trigger gallery: per attack, a clean test image, its triggered version, the difference."""
+def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, config_file, plugins):
+    """`show attacks`: the trigger gallery (per attack, a clean test image, its triggered version, the
+    difference). `show attack|defense|dataset NAME`: the component's parameters, resolved for
+    --dataset, with their defaults and the layer each value comes from."""
     _load_plugins(plugins)
+    if what in ("attack", "defense", "dataset", "train"):
+        from .config import Layers, load_user_config, parse_set
+        from .describe import parameter_table
+
+        if not name:
+            raise BenchbdError(
+                f"show {what} needs a name, e.g. `benchbd show {what} "
+                + {"attack": "blend", "defense": "nad", "dataset": "cifar10", "train": "normal"}[what]
+                + "`"
+            )
+        layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
+        Console().print(parameter_table(what, name, dataset, layers))
+        return
+    import torch
+
     from .attacks import ATTACKS
     from .config import Layers, parse_set
     from .report.gallery import attack_gallery
     from .runner import Cache, Results, Runner
 
-    import torch
-
     if what != "attacks":
-        raise unknown("thing to show", what, ["attacks"])
+        raise unknown("thing to show", what, ["attacks", "attack", "defense", "dataset", "train"])
     runner = Runner(Results("."), Cache("."), Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
     label, name, _, data = runner.dataset(dataset)
     chosen = [runner.attack(a, name, data) for a in ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])]
@@ -252,7 +368,9 @@ def show(what, dataset, attacks, index, amplify, out, data_root, sets, plugins):
 
 
 @main.command()
-@click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Results directory to read."
+)
 @click.option("--format", "fmt", default="markdown", show_default=True, help="markdown, latex, csv or html.")
 @click.option("--compare", default=None, help="'paper': the paper's numbers and the difference beside ours.")
 @click.option("--experiment", default=None, help="Only this experiment's cells, one column per setting (name or YAML file).")
@@ -267,15 +385,61 @@ def table(results_dir, fmt, compare, experiment, datasets, budgets, extra, outpu
     rows, chosen, members = _saved_results(results_dir, experiment)
     text = render(rows, fmt, compare, _names(datasets), _names(budgets), extra, chosen, members)
     if output:
-        Path(output).write_text(text)
+        _write(Path(output), text)
     else:
         sys.stdout.write(text)
 
 
+def _write(path: Path, text: str) -> None:
+    try:
+        path.write_text(text)
+    except OSError as exc:
+        raise BenchbdError(f"cannot write '{path}': {exc.strerror or exc}") from None
+
+
+def _writable_dir(path: Path, what: str) -> None:
+    """Refuse, before anything trains, a directory that cannot be made or written."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        probe = path / f".benchbd-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise BenchbdError(f"cannot write to the {what} '{path}': {exc.strerror or exc}") from None
+
+
+@main.command()
+@click.argument("results_dir", type=click.Path(file_okay=False))
+@click.option(
+    "--into",
+    multiple=True,
+    type=click.Path(dir_okay=False),
+    help="Also fill this file's block between <!-- benchbd:results:begin NAME --> and <!-- ...:end NAME --> (repeatable).",
+)
+@click.option("--check", is_flag=True, help="Write nothing; exit 1 if a published file differs from what the rows give.")
+def publish(results_dir, into, check):
+    """Write RESULTS_DIR/README.md (provenance and the table beside the paper's) from its rows alone."""
+    from .report.publish import publish as publish_rows
+
+    if not Path(results_dir).is_dir():
+        raise BenchbdError(f"results directory '{results_dir}' does not exist")
+    changed = publish_rows(Path(results_dir), [Path(p) for p in into], check)
+    if check:
+        for path in changed:
+            click.echo(
+                f"{path} differs from what the rows in {results_dir}/rows give: run `benchbd publish {results_dir}"
+                + "".join(f" --into {p}" for p in into)
+                + "`",
+                err=True,
+            )
+        sys.exit(1 if changed else 0)
+    click.echo(f"wrote {', '.join(map(str, changed))}" if changed else "up to date")
+
+
 @main.command()
 @click.option("--device", default=None, help="cpu or cuda [default: cuda when there is one].")
-@click.option("--images", default=4096, show_default=True)
-@click.option("--batch", default=256, show_default=True)
+@click.option("--images", default=4096, show_default=True, help="Synthetic training images per epoch.")
+@click.option("--batch", default=256, show_default=True, help="Batch size of both loops.")
 @click.option("--epochs", default=2, show_default=True, help="Timed epochs (one more warms up).")
 @click.option("--workers", default=2, show_default=True, help="DataLoader workers of the reference loop.")
 @click.option("--concurrent", default=0, show_default=True, help="Also measure K benchbd trainings at once (K processes).")
@@ -299,18 +463,26 @@ def plot():
 def cell_options(default_defense: str):
     """Options naming one cell to train (or take from the cache) for a figure."""
     options = [
-        click.option("--dataset", default="cifar10-mini", show_default=True),
-        click.option("--attack", default="blend", show_default=True),
-        click.option("--defense", default=default_defense, show_default=True, help="A defense, optionally with settings: 'tnr[rec_weight=1]'."),
-        click.option("--seed", default=0, show_default=True),
-        click.option("--budget", default="fast", show_default=True),
-        click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False),
-                     help="Where the cell's row goes; its cache is reused."),
-        click.option("--cache-dir", default=None, type=click.Path(file_okay=False)),
-        click.option("--data-root", default=None, type=click.Path(file_okay=False)),
-        click.option("--device", default="auto", show_default=True),
-        click.option("--config", "config_file", default=None),
-        click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE"),
+        click.option("--dataset", default="cifar10-mini", show_default=True, help="The cell's dataset."),
+        click.option("--attack", default="blend", show_default=True, help="The cell's attack."),
+        click.option(
+            "--defense", default=default_defense, show_default=True, help="A defense, optionally with settings: 'tnr[rec_weight=1]'."
+        ),
+        click.option("--seed", default=0, show_default=True, help="The cell's seed."),
+        click.option("--budget", default="fast", show_default=True, help="Training budget: paper, fast, demo, smoke."),
+        click.option(
+            "--results",
+            "results_dir",
+            default="results",
+            show_default=True,
+            type=click.Path(file_okay=False),
+            help="Where the cell's row goes; its cache is reused.",
+        ),
+        click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help=CACHE_HELP),
+        click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP),
+        click.option("--device", default="auto", show_default=True, help=DEVICE_HELP),
+        click.option("--config", "config_file", default=None, help=CONFIG_HELP),
+        click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help=SET_HELP),
         plugin_option,
         click.option("--quiet", is_flag=True, help="No progress display."),
     ]
@@ -319,6 +491,7 @@ def cell_options(default_defense: str):
         for option in reversed(options):
             f = option(f)
         return f
+
     return decorate
 
 
@@ -340,13 +513,34 @@ def _defend_all(runner, quiet: bool, dataset, attack, defenses: list[str], seed,
 
 @plot.command("pca")
 @cell_options("tnr")
-@click.option("--versus", default="none", show_default=True,
-              help="The left panel's model: 'none' (normal training, no reconstruction) or e.g. 'tnr[rec_weight=0, tv_weight=0]'.")
+@click.option(
+    "--versus",
+    default="none",
+    show_default=True,
+    help="The left panel's model: 'none' (normal training, no reconstruction) or e.g. 'tnr[rec_weight=0, tv_weight=0]'.",
+)
 @click.option("--source", default=None, type=int, help="Source class [default: the first class that is not the target].")
 @click.option("--split", default=None, type=int, help="Where to cut models that do not know their stem [default: the architecture's].")
-@click.option("--out", default="pca.png", show_default=True, type=click.Path(dir_okay=False))
-def plot_pca(dataset, attack, defense, seed, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet,
-             versus, source, split, out):
+@click.option("--out", default="pca.png", show_default=True, type=click.Path(dir_okay=False), help="Image to write (.png if no extension).")
+def plot_pca(
+    dataset,
+    attack,
+    defense,
+    seed,
+    budget,
+    results_dir,
+    cache_dir,
+    data_root,
+    device,
+    config_file,
+    sets,
+    plugins,
+    quiet,
+    versus,
+    source,
+    split,
+    out,
+):
     """Stem features of clean target-class, clean source-class and poisoned source-class test images,
     projected by PCA: the --versus model beside the --defense model (the paper's Figure 2)."""
     _load_plugins(plugins)
@@ -356,20 +550,24 @@ def plot_pca(dataset, attack, defense, seed, budget, results_dir, cache_dir, dat
     from .runner.inspect import stem_features
 
     runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
-    trained = _defend_all(runner, quiet, dataset, attack, [versus, defense], seed, budget)
-    cell, outcome = trained[-1]
-    test, target = outcome.splits.test, cell.attack.params.target
-    classes = [c for c in range(outcome.splits.num_classes) if c != target]
+    _, name, _, data = runner.dataset(dataset)  # --source is checked before anything trains
+    target = runner.attack(attack, name, data).params.target
+    classes = [c for c in range(len(data.classes)) if c != target]
     source = classes[0] if source is None else source
     if source not in classes:
-        raise BenchbdError(f"--source {source} is invalid: valid classes other than the target {target}: 0..{outcome.splits.num_classes - 1}")
+        raise BenchbdError(f"--source {source} is invalid: valid classes other than the target {target}: 0..{len(data.classes) - 1}")
+    trained = _defend_all(runner, quiet, dataset, attack, [versus, defense], seed, budget)
+    cell, outcome = trained[-1]
+    test = outcome.splits.test
     source_images = test.images[test.labels == source]
     triggered = cell.attack.apply(source_images)
     if torch.equal(triggered, source_images):
         raise BenchbdError(f"attack {cell.attack.name} changes no image, so there is no poisoned group to plot")
     groups = {"clean target": test.images[test.labels == target], "clean source": source_images, "poisoned source": triggered}
-    panels = [(label, {name: stem_features(o, images, split) for name, images in groups.items()})
-              for label, (_, o) in zip((versus, defense), trained)]
+    panels = [
+        (label, {name: stem_features(o, images, split) for name, images in groups.items()})
+        for label, (_, o) in zip((versus, defense), trained)
+    ]
     path = pca_figure(panels, out, f"{cell.dataset_name} / {cell.attack.name}: stem features (target {target}, source {source})")
     click.echo(f"wrote {path}")
 
@@ -377,8 +575,12 @@ def plot_pca(dataset, attack, defense, seed, budget, results_dir, cache_dir, dat
 @plot.command("recon")
 @cell_options("tnr")
 @click.option("--count", default=8, show_default=True, help="Images per row.")
-@click.option("--out", default="recon.png", show_default=True, type=click.Path(dir_okay=False))
-def plot_recon(dataset, attack, defense, seed, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet, count, out):
+@click.option(
+    "--out", default="recon.png", show_default=True, type=click.Path(dir_okay=False), help="Image to write (.png if no extension)."
+)
+def plot_recon(
+    dataset, attack, defense, seed, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet, count, out
+):
     """Test images, clean and triggered, and their reconstructions by T&R's stage-1 decoder (Figure 4)."""
     _load_plugins(plugins)
     from .report.plots import recon_figure
@@ -387,7 +589,7 @@ def plot_recon(dataset, attack, defense, seed, budget, results_dir, cache_dir, d
     if count < 1:
         raise BenchbdError(f"--count {count} is invalid: must be at least 1")
     runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
-    (cell, outcome), = _defend_all(runner, quiet, dataset, attack, [defense], seed, budget)
+    ((cell, outcome),) = _defend_all(runner, quiet, dataset, attack, [defense], seed, budget)
     test = outcome.splits.test
     images = test.images[test.labels != cell.attack.params.target][:count]
     clean, clean_rec = reconstructions(outcome, images)
@@ -399,11 +601,15 @@ def plot_recon(dataset, attack, defense, seed, budget, results_dir, cache_dir, d
 
 
 @plot.command("scatter")
-@click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False))
+@click.option(
+    "--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Results directory to read."
+)
 @click.option("--experiment", default=None, help="Only this experiment's cells.")
 @click.option("--dataset", "datasets", default=None, help="Only these datasets (comma-separated).")
 @click.option("--budget", "budgets", default=None, help="Only these budgets (comma-separated).")
-@click.option("--out", default="scatter.png", show_default=True, type=click.Path(dir_okay=False))
+@click.option(
+    "--out", default="scatter.png", show_default=True, type=click.Path(dir_okay=False), help="Image to write (.png if no extension)."
+)
 def plot_scatter(results_dir, experiment, datasets, budgets, out):
     """CA against ASR for every cell of a results directory, one marker per defense."""
     from .report.plots import scatter_figure

@@ -1,4 +1,5 @@
 """The one exception type a user sees: the CLI prints its message on one line, no traceback."""
+
 from __future__ import annotations
 
 import difflib

@@ -1,6 +1,7 @@
 """Progress of long work at three levels: the grid (cells), the cell (its stage), the training run
 (steps, with ETA). The trainer and runner report here; `NullProgress` keeps the library quiet,
 `RichProgress` draws bars on a terminal, `LineProgress` prints plain lines for a log file."""
+
 from __future__ import annotations
 
 import sys
@@ -45,18 +46,72 @@ class NullProgress:
         """The training run finished."""
 
 
-class RichProgress(NullProgress):
+class SlottedProgress(NullProgress):
+    """A display with one view per running cell (a worker slot, or None for this process): the
+    NullProgress calls made on the display itself go to the view of slot None."""
+
+    slots: dict
+
+    def make_view(self, slot: int | None) -> NullProgress:
+        raise NotImplementedError
+
+    def view(self, slot: int | None) -> NullProgress:
+        if slot not in self.slots:
+            self.slots[slot] = self.make_view(slot)
+        return self.slots[slot]
+
+    def start_cell(self, label: str) -> None:
+        self.view(None).start_cell(label)
+
+    def stage(self, text: str) -> None:
+        self.view(None).stage(text)
+
+    def end_cell(self, summary: str) -> None:
+        self.view(None).end_cell(summary)
+
+    def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
+        self.view(None).start_run(desc, total_steps, batch_size)
+
+    def advance(self, steps: int = 1, info: str | None = None) -> None:
+        self.view(None).advance(steps, info)
+
+    def end_run(self) -> None:
+        self.view(None).end_run()
+
+
+class RichProgress(SlottedProgress):
     """Bars on stderr: the grid, and for every running cell (one per worker slot) its stage and
     its training run. `view(slot)` is the NullProgress interface for one slot."""
 
-    def __init__(self, console: Console | None = None):
+    def __init__(self, console: Console | None = None, get_time=None):
         self.console = console or Console(stderr=True)
         self.bars = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), console=self.console, transient=False,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+            get_time=get_time,
         )
         self.grid_task = None
         self.slots: dict[int | None, SlotProgress] = {}
+        self.cell_seconds: list[float] = []
+
+    def cell_done(self, seconds: float) -> None:
+        """Advance the grid; its ETA from the mean time of the cells finished so far (cells take
+        minutes to hours, longer than rich's 30-second speed window)."""
+        if self.grid_task is None:
+            return
+        self.cell_seconds.append(seconds)
+        self.bars.advance(self.grid_task)
+        task = self.bars.tasks[self.grid_task] if self.grid_task < len(self.bars.tasks) else None
+        left = (task.total or 0) - task.completed if task else 0
+        eta = sum(self.cell_seconds) / len(self.cell_seconds) * left / max(1, len(self.slots))
+        self.bars.update(self.grid_task, info=f"ETA {duration(eta)}" if left > 0 else "done")
 
     def __enter__(self):
         self.bars.start()
@@ -73,28 +128,8 @@ class RichProgress(NullProgress):
             self.bars.advance(self.grid_task, count)
             self.console.print(f"{count} cell(s) done earlier, skipped")
 
-    def view(self, slot: int | None) -> "SlotProgress":
-        if slot not in self.slots:
-            self.slots[slot] = SlotProgress(self, slot)
-        return self.slots[slot]
-
-    def start_cell(self, label: str) -> None:
-        self.view(None).start_cell(label)
-
-    def stage(self, text: str) -> None:
-        self.view(None).stage(text)
-
-    def end_cell(self, summary: str) -> None:
-        self.view(None).end_cell(summary)
-
-    def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
-        self.view(None).start_run(desc, total_steps)
-
-    def advance(self, steps: int = 1, info: str | None = None) -> None:
-        self.view(None).advance(steps, info)
-
-    def end_run(self) -> None:
-        self.view(None).end_run()
+    def make_view(self, slot: int | None) -> "SlotProgress":
+        return SlotProgress(self, slot)
 
 
 class SlotProgress(NullProgress):
@@ -105,10 +140,10 @@ class SlotProgress(NullProgress):
         self.prefix = "" if slot is None else f"[{slot}] "
         self.cell_task = self.bars.add_task(f"{self.prefix}cell", total=None, info="")
         self.run_task = None
-        self.label = ""
+        self.label, self.started = "", 0.0
 
     def start_cell(self, label: str) -> None:
-        self.label = label
+        self.label, self.started = label, self.bars.get_time()
         self.bars.update(self.cell_task, description=f"{self.prefix}cell {label}", info="")
 
     def stage(self, text: str) -> None:
@@ -117,8 +152,7 @@ class SlotProgress(NullProgress):
     def end_cell(self, summary: str) -> None:
         self.bars.console.print(f"{self.label}: {summary}")
         self.bars.update(self.cell_task, description=f"{self.prefix}idle", info="")
-        if self.parent.grid_task is not None:
-            self.bars.advance(self.parent.grid_task)
+        self.parent.cell_done(self.bars.get_time() - self.started)
 
     def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
         self.end_run()
@@ -146,7 +180,7 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
-class LineProgress(NullProgress):
+class LineProgress(SlottedProgress):
     """Plain lines for a log (`nohup benchbd run ... > run.log 2>&1 &; tail -f run.log`): one per
     cell start and stage, one per training epoch (loss, images/s, ETA of the run), one per finished
     cell (ASR, CA, wall time) with the grid's ETA. Step counts alone print at most every `every_s`."""
@@ -178,28 +212,8 @@ class LineProgress(NullProgress):
         eta = sum(self.cell_seconds) / len(self.cell_seconds) * left / max(1, len(self.slots))
         return f"grid {self.finished}/{self.total}" + (f", ETA {duration(eta)}" if left else "")
 
-    def view(self, slot: int | None) -> "_LineSlot":
-        if slot not in self.slots:
-            self.slots[slot] = _LineSlot(self, slot)
-        return self.slots[slot]
-
-    def start_cell(self, label: str) -> None:
-        self.view(None).start_cell(label)
-
-    def stage(self, text: str) -> None:
-        self.view(None).stage(text)
-
-    def end_cell(self, summary: str) -> None:
-        self.view(None).end_cell(summary)
-
-    def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
-        self.view(None).start_run(desc, total_steps, batch_size)
-
-    def advance(self, steps: int = 1, info: str | None = None) -> None:
-        self.view(None).advance(steps, info)
-
-    def end_run(self) -> None:
-        self.view(None).end_run()
+    def make_view(self, slot: int | None) -> "_LineSlot":
+        return _LineSlot(self, slot)
 
 
 class _LineSlot(NullProgress):

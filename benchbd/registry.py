@@ -4,12 +4,16 @@ Components register with a decorator, may have aliases, and are looked up by nam
 "did you mean" error. Plugins from other packages register through the `benchbd.plugins`
 entry-point group or `--plugin MODULE`; importing them is enough, as their decorators run.
 """
+
 from __future__ import annotations
 
 import importlib
 import importlib.metadata
 import inspect
+import os
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable, Generic, Iterable, TypeVar
 
 from .errors import BenchbdError, unknown
@@ -33,15 +37,27 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._aliases: dict[str, str] = {}
 
-    def register(self, name: str, *, aliases: Iterable[str] = (), description: str | None = None) -> Callable[[T], T]:
+    def register(
+        self, name: str, *, aliases: Iterable[str] = (), description: str | None = None, override: bool = False
+    ) -> Callable[[T], T]:
+        """Decorator. A name already registered by another module is refused unless `override=True`
+        (a plugin must not replace a built-in silently); the same module registering again (a
+        reload) replaces its own entry."""
+
         def decorate(obj: T) -> T:
             taken = set(self._entries) | set(self._aliases)
+            module = getattr(obj, "__module__", "")
             for label in (name, *aliases):
                 if label in taken and self._resolve_quiet(label) != name:
                     raise BenchbdError(f"{self.kind} name '{label}' is already registered")
+            if name in self._entries and self._entries[name].module != module and not override:
+                raise BenchbdError(
+                    f"{self.kind} '{name}' is already registered by {self._entries[name].module}; {module} may not "
+                    f"replace it (choose another name, or register(..., override=True) to replace it on purpose)"
+                )
             doc = description or (inspect.getdoc(obj) or "").strip().splitlines()
             text = doc if isinstance(doc, str) else (doc[0] if doc else "")
-            self._entries[name] = Entry(name, obj, tuple(aliases), text, getattr(obj, "__module__", ""))
+            self._entries[name] = Entry(name, obj, tuple(aliases), text, module)
             for alias in aliases:
                 self._aliases[alias] = name
             return obj
@@ -108,9 +124,33 @@ def load_plugins(modules: Iterable[str] = ()) -> list[str]:
                 target()
             loaded.append(ep.value)
     for module in modules:
+        name = _plugin_module_name(module)
         try:
-            importlib.import_module(module)
-        except ImportError as exc:
-            raise BenchbdError(f"cannot import plugin module '{module}': {exc}") from exc
+            importlib.import_module(name)
+        except BenchbdError:
+            raise
+        except ModuleNotFoundError as exc:
+            if exc.name != name.split(".")[0] and exc.name != name:
+                raise BenchbdError(f"plugin module '{module}' failed to import: ModuleNotFoundError: {exc}") from exc
+            raise BenchbdError(
+                f"cannot import plugin module '{module}': {exc} (give an importable module name, "
+                f"with its folder on PYTHONPATH, or a path to a .py file)"
+            ) from exc
+        except Exception as exc:  # a plugin's own bug: say which plugin, and what (--debug shows the traceback)
+            where = f" (line {exc.lineno})" if isinstance(exc, SyntaxError) and exc.lineno else ""
+            raise BenchbdError(f"plugin module '{module}' failed to import: {type(exc).__name__}{where}: {exc}") from exc
         loaded.append(module)
     return loaded
+
+
+def _plugin_module_name(spec: str) -> str:
+    """A module name for `--plugin`: a dotted name as it is; a path to a .py file (./my_defense.py)
+    is imported by its file name, with its folder put on sys.path (worker processes inherit it)."""
+    if not (spec.endswith(".py") or os.sep in spec):
+        return spec
+    path = Path(spec).resolve()
+    if not path.is_file() or path.suffix != ".py":
+        raise BenchbdError(f"plugin '{spec}' is not a .py file; give a module name or a path to a .py file")
+    if str(path.parent) not in sys.path:
+        sys.path.insert(0, str(path.parent))
+    return path.stem

@@ -1,5 +1,6 @@
 """Every random draw of a cell comes from its seed and the draw's purpose, so cells are reproducible
 and independent draws (holdout, poison indices, model init, batch order) do not share a stream."""
+
 from __future__ import annotations
 
 import hashlib

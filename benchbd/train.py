@@ -6,10 +6,11 @@ the host inside an epoch (the running loss is read once per epoch). Every traini
 last partial batch, as the official loaders do (`drop_last=True`): a split smaller than one batch
 trains on one batch of all of it.
 """
+
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Callable, Iterable, Literal, Optional
 
@@ -19,6 +20,7 @@ from torch import nn
 
 from .config import check
 from .data.splits import Split
+from .errors import BenchbdError, did_you_mean
 from .progress import NullProgress
 from .registry import Registry
 from .seeding import generator
@@ -59,7 +61,7 @@ class Budget:
 
     description: str
     long_run_epochs: Optional[int] = None  # runs planned at >= 100 epochs run this many instead
-    max_epochs: Optional[int] = None        # every run is capped at this
+    max_epochs: Optional[int] = None  # every run is capped at this
     max_steps_per_epoch: Optional[int] = None
 
     def iterations(self, planned: int) -> int:
@@ -78,8 +80,12 @@ class Budget:
 BUDGETS: Registry[Budget] = Registry("budget")
 BUDGETS.register("paper", description="the paper's epochs (SPEC section 5)")(Budget("paper"))
 BUDGETS.register("fast", description="runs of 100+ epochs take 30: one GPU session")(Budget("fast", long_run_epochs=30))
-BUDGETS.register("demo", description="every run capped at 20 epochs: real but quick, for the CPU quick start")(Budget("demo", max_epochs=20))
-BUDGETS.register("smoke", description="1 epoch of at most 2 steps per run: exercises the code only")(Budget("smoke", max_epochs=1, max_steps_per_epoch=2))
+BUDGETS.register("demo", description="every run capped at 20 epochs: real but quick, for the CPU quick start")(
+    Budget("demo", max_epochs=20)
+)
+BUDGETS.register("smoke", description="1 epoch of at most 2 steps per run: exercises the code only")(
+    Budget("smoke", max_epochs=1, max_steps_per_epoch=2)
+)
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -91,8 +97,9 @@ def make_optimizer(recipe: TrainRecipe, params: Iterable[torch.nn.Parameter]) ->
     params = list(params)
     if recipe.optimizer == "adam":
         return torch.optim.Adam(params, lr=recipe.lr, weight_decay=recipe.weight_decay, fused=True)
-    return torch.optim.SGD(params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay,
-                           fused=True)
+    return torch.optim.SGD(
+        params, lr=recipe.lr, momentum=recipe.momentum, nesterov=recipe.nesterov, weight_decay=recipe.weight_decay, fused=True
+    )
 
 
 def make_schedule(recipe: TrainRecipe, optimizer: torch.optim.Optimizer, epochs: int):
@@ -119,9 +126,32 @@ def steps_per_epoch(n: int, batch_size: int, budget: "Budget") -> int:
 
 
 def resolve_device(name: str = "auto") -> torch.device:
+    """`auto`, `cpu`, `cuda` or `cuda:N`; a device this machine lacks is a one-line error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    kind, _, index = name.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not index.isdigit()) or (kind == "cpu" and index):
+        raise BenchbdError(f"unknown device '{name}'{did_you_mean(kind, ('auto', 'cpu', 'cuda'))}; valid: auto, cpu, cuda, cuda:N")
+    if kind == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise BenchbdError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu (or auto)")
+        if index and int(index) >= count:
+            raise BenchbdError(f"--device {name}: this machine has {count} GPU(s): valid cuda:0..cuda:{count - 1}")
     return torch.device(name)
+
+
+@contextmanager
+def attached(control, model: nn.Module):
+    """An attack's training control attached to `model` for one training run (none: nothing)."""
+    if control is None:
+        yield
+        return
+    control.attach(model)
+    try:
+        yield
+    finally:
+        control.detach()
 
 
 class Trainer:
@@ -142,10 +172,19 @@ class Trainer:
         """On the device, channels_last (faster for these convnets on CUDA and on x86 CPUs alike)."""
         return model.to(self.device, memory_format=torch.channels_last)
 
-    def fit(self, model: nn.Module, data: Split, recipe: TrainRecipe, *, loss: LossFn = cross_entropy,
-            params: Iterable[torch.nn.Parameter] | None = None, desc: str = "train",
-            wrap_optimizer: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None,
-            mixed_precision: bool = True, augment: bool = True) -> nn.Module:
+    def fit(
+        self,
+        model: nn.Module,
+        data: Split,
+        recipe: TrainRecipe,
+        *,
+        loss: LossFn = cross_entropy,
+        params: Iterable[torch.nn.Parameter] | None = None,
+        desc: str = "train",
+        wrap_optimizer: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None,
+        mixed_precision: bool = True,
+        augment: bool = True,
+    ) -> nn.Module:
         """Train `params` (default: every parameter that requires grad) of `model` on `data`.
 
         `wrap_optimizer(optimizer)` may replace the recipe's optimizer (DP-SGD);
@@ -159,40 +198,41 @@ class Trainer:
         epochs = self.budget.epochs(recipe.epochs)
         schedule = make_schedule(recipe, optimizer, epochs)
         images, labels = data.images.to(self.device), data.labels.to(self.device)
-        attacker_loss = getattr(data, "training_loss", None)  # an attack that controls training (lba_k)
-        poisoned = data.poison_mask.to(self.device) if attacker_loss is not None else None
+        control = getattr(data, "training_control", None)  # an attack that controls training (lba_k)
+        poisoned = data.poison_mask.to(self.device) if control is not None else None
         n, bs = len(labels), recipe.batch_size
         steps = steps_per_epoch(n, bs, self.budget)
         gen = generator(self.seed, f"fit:{desc}", self.device)
         self.progress.start_run(desc, epochs * steps, min(bs, n))
-        for epoch in range(epochs):
-            model.train()
-            order = torch.randperm(n, device=self.device, generator=gen)
-            total = torch.zeros((), device=self.device)
-            for step in range(steps):
-                index = order[step * bs: (step + 1) * bs]
-                x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
-                with self.autocast() if mixed_precision else nullcontext():
-                    value = loss(model, x, labels[index], gen)
-                    if attacker_loss is not None:
-                        value = value + attacker_loss(model, x, labels[index], poisoned[index])
-                optimizer.zero_grad(set_to_none=True)
-                value.backward()
-                optimizer.step()
-                total += value.detach()
-                self.progress.advance(1)
-            mean_loss = total.item() / steps  # the one host read per epoch
-            if not math.isfinite(mean_loss):
-                raise TrainingDiverged(f"{desc}: the training loss is {mean_loss} in epoch {epoch + 1}/{epochs}")
-            self.progress.advance(0, f"epoch {epoch + 1}/{epochs} loss {mean_loss:.3f}")
-            schedule.step()
+        with attached(control, model):
+            for epoch in range(epochs):
+                model.train()
+                order = torch.randperm(n, device=self.device, generator=gen)
+                total = torch.zeros((), device=self.device)
+                for step in range(steps):
+                    index = order[step * bs : (step + 1) * bs]
+                    x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
+                    with self.autocast() if mixed_precision else nullcontext():
+                        value = loss(model, x, labels[index], gen)
+                        if control is not None:
+                            value = value + control.loss(labels[index], poisoned[index])
+                    optimizer.zero_grad(set_to_none=True)
+                    value.backward()
+                    optimizer.step()
+                    total += value.detach()
+                    self.progress.advance(1)
+                mean_loss = total.item() / steps  # the one host read per epoch
+                if not math.isfinite(mean_loss):
+                    raise TrainingDiverged(f"{desc}: the training loss is {mean_loss} in epoch {epoch + 1}/{epochs}")
+                self.progress.advance(0, f"epoch {epoch + 1}/{epochs} loss {mean_loss:.3f}")
+                schedule.step()
         self.progress.end_run()
         return model
 
     def inputs(self, images: torch.Tensor, batch_size: int = 1024):
         """Yield (start index, float model inputs on the device) over `images`, without augmentation."""
         for start in range(0, len(images), batch_size):
-            yield start, self.pipeline.test(images[start: start + batch_size].to(self.device))
+            yield start, self.pipeline.test(images[start : start + batch_size].to(self.device))
 
     @torch.no_grad()
     def logits(self, model: nn.Module, images: torch.Tensor, batch_size: int = 1024):
@@ -209,8 +249,10 @@ class Trainer:
 
     def per_sample_loss(self, model: nn.Module, data: Split, batch_size: int = 1024) -> torch.Tensor:
         """Cross-entropy of every sample without augmentation, eval mode (CPU tensor)."""
-        out = [F.cross_entropy(z, data.labels[start: start + len(z)].to(self.device), reduction="none").cpu()
-               for start, z in self.logits(model, data.images, batch_size)]
+        out = [
+            F.cross_entropy(z, data.labels[start : start + len(z)].to(self.device), reduction="none").cpu()
+            for start, z in self.logits(model, data.images, batch_size)
+        ]
         return torch.cat(out) if out else torch.empty(0)
 
     def batches(self, data: Split, batch_size: int, purpose: str, augment: bool = False):
@@ -221,7 +263,7 @@ class Trainer:
         images, labels = data.images.to(self.device), data.labels.to(self.device)
         order = torch.randperm(len(labels), device=self.device, generator=gen)
         for step in range(steps_per_epoch(len(labels), batch_size, self.budget)):
-            index = order[step * batch_size: (step + 1) * batch_size]
+            index = order[step * batch_size : (step + 1) * batch_size]
             x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
             yield x, labels[index]
 

@@ -1,13 +1,18 @@
 """Golden tests: each trigger against SPEC section 3's rule, computed here independently in numpy."""
+
+import copy
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from benchbd import attacks
+from benchbd import data as datasets
 from benchbd.attacks import AttackTools
 from benchbd.attacks.base import asset_path
 from benchbd.attacks.lcba import four_corners
+from benchbd.config import build_params
 from benchbd.data import Split
 from benchbd.data.augment import SmallImages
 from benchbd.errors import BenchbdError
@@ -42,7 +47,7 @@ def sig_rule(width=32):
 
 def grid_at(x, top, left):
     x = x.copy()
-    x[:, top:top + 3, left:left + 3, :] = GRID[None, :, :, None]
+    x[:, top : top + 3, left : left + 3, :] = GRID[None, :, :, None]
     return x
 
 
@@ -71,9 +76,13 @@ def smooth_rule(x, dataset):
 
 EXPECTED["smooth"] = lambda x: smooth_rule(x, "cifar10")
 # Where each patch trigger writes (rows, cols); everything else must stay untouched.
-REGIONS = {"badnet_grid": [(slice(29, 32), slice(29, 32))], "badnet_white": [(slice(27, 31), slice(27, 31))],
-           "l0_invisible": [(slice(31, 32), slice(23, 32))], "trojan_sq": [(slice(25, 28), slice(25, 28))],
-           "lcba": [(slice(a, a + 3), slice(b, b + 3)) for a in (0, 29) for b in (0, 29)]}
+REGIONS = {
+    "badnet_grid": [(slice(29, 32), slice(29, 32))],
+    "badnet_white": [(slice(27, 31), slice(27, 31))],
+    "l0_invisible": [(slice(31, 32), slice(23, 32))],
+    "trojan_sq": [(slice(25, 28), slice(25, 28))],
+    "lcba": [(slice(a, a + 3), slice(b, b + 3)) for a in (0, 29) for b in (0, 29)],
+}
 
 
 def test_every_attack_has_a_golden_rule():
@@ -95,7 +104,9 @@ def test_apply_matches_the_spec_rule(name):
 def test_smooth_uses_the_gtsrb_pattern_on_gtsrb():
     out = attacks.create("smooth", dataset="gtsrb").apply(X).numpy().astype(np.float64)
     assert np.abs(out - smooth_rule(XN, "gtsrb")).max() <= 1
-    assert attacks.create("smooth", dataset="gtsrb").identity()["assets"] != attacks.create("smooth", dataset="cifar10").identity()["assets"]
+    assert (
+        attacks.create("smooth", dataset="gtsrb").identity()["assets"] != attacks.create("smooth", dataset="cifar10").identity()["assets"]
+    )
 
 
 def test_sig_values_are_the_abl_file_values():
@@ -108,13 +119,31 @@ def test_imagenet_variants():
     x = random_images(2, size=256)
     xn = x.numpy().astype(np.float64)
     grid = attacks.create("badnet_grid", dataset="imagenet12").apply(x).numpy()
-    assert (grid[:, 32:42, 32:42] == 0).all() and (grid[:, 32:42, 52:62] == 255).all() and (grid[:, 42:52, 42:52] == 255).all()
-    assert np.array_equal(grid[:, 62:], x.numpy()[:, 62:]) and np.array_equal(grid[:, :, :32], x.numpy()[:, :, :32])
+    expected = x.numpy().copy()  # the T&R ImageNet code's assignments (datasets/imagenet.py), cell by cell
+    for (rows, cols), value in {
+        (32, 32): 255,
+        (32, 42): 0,
+        (32, 52): 255,
+        (42, 32): 0,
+        (42, 42): 255,
+        (42, 52): 0,
+        (52, 32): 255,
+        (52, 42): 0,
+        (52, 52): 0,
+    }.items():
+        expected[:, rows : rows + 10, cols : cols + 10, :] = value
+    assert np.array_equal(grid, expected)
     sig = attacks.create("sig", dataset="imagenet12").apply(x).numpy().astype(np.float64)
     assert np.abs(sig - finish(0.8 * xn + 0.2 * sig_rule(256)[None, None, :, None])).max() <= 1
     wm = attacks.create("trojan_wm", dataset="imagenet12").apply(x).numpy().astype(np.float64)
     small = png("trojan_wm.png")
-    big = torch.nn.functional.interpolate(torch.tensor(small).permute(2, 0, 1)[None], size=(256, 256), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).numpy()
+    big = (
+        torch.nn.functional.interpolate(torch.tensor(small).permute(2, 0, 1)[None], size=(256, 256), mode="bilinear", align_corners=False)[
+            0
+        ]
+        .permute(1, 2, 0)
+        .numpy()
+    )
     assert np.abs(wm - finish(xn + big)).max() <= 1 and (wm >= xn - 1e-9).all()  # added in float: no wrap-around
     blend = attacks.create("blend", dataset="imagenet12").apply(x)
     assert blend.shape == x.shape
@@ -180,33 +209,85 @@ def test_lcba_perturbation_respects_eps_and_stamps_corners():
     corners = torch.zeros(32, 32, dtype=torch.bool)
     for a in (0, 29):
         for b in (0, 29):
-            corners[a:a + 3, b:b + 3] = True
+            corners[a : a + 3, b : b + 3] = True
     delta = (after - before)[:, ~corners]
     assert delta.abs().max() <= 16 and delta.abs().float().mean() > 1  # perturbed, within 16/255
     assert torch.equal(p.images[p.poisoned], four_corners(p.images[p.poisoned]))
     assert torch.equal(atk.apply(train.images)[:, ~corners], train.images[:, ~corners])  # test trigger: corners only
 
 
-def test_lba_loss_pulls_poisoned_features_to_the_target_class():
-    atk = attacks.create("lba_12", dataset="cifar10")
-    assert atk.block == 5 and attacks.create("lba_10").block == 4 and attacks.create("lba_14").block == 6
-    net = create_model("wrn16_1", 10)
+def _latent_loss_by_hand(net, x, y, poisoned, layer, target=0):
+    """The lba_k formula recomputed here from the network's parts, on the whole batch."""
+    h = net.normalize(x)
+    units = {10: 5, 12: 6, 14: 7}[layer]  # the input conv and the residual blocks below layer k
+    for unit in net.units[:units]:
+        h = unit(h)
+    if layer == 14:
+        h = net.tail[:-1](h)  # BN, activation, pooling, flatten: the FC layer's input
+    h = h.flatten(1)
+    anchor = h[(y == target) & ~poisoned].mean(0).detach()
+    return (h[poisoned] - anchor).pow(2).mean()
+
+
+@pytest.mark.parametrize("layer", [10, 12, 14])
+def test_lba_loss_is_the_formula_on_the_training_forward_pass(layer):
+    atk = attacks.create(f"lba_{layer}", dataset="cifar10")
+    control = atk.training_control
+    torch.manual_seed(0)
+    net = create_model("wrn16_1", 10).train()
     x = torch.rand(8, 3, 32, 32)
     y = torch.tensor([0, 0, 0, 1, 2, 0, 0, 3])
     poisoned = torch.tensor([False, False, False, False, False, True, True, False])
-    loss = atk.training_loss(net, x, y, poisoned)
-    assert loss > 0
+    reference = copy.deepcopy(net)
+    control.attach(net)
+    try:
+        net(x)  # the training step's own forward pass: the loss reads its features
+        loss = control.loss(y, poisoned)
+        with pytest.raises(BenchbdError, match="never computed"):
+            control.loss(y, poisoned)  # features are used once per step
+        net(x)
+        assert control.loss(y, torch.zeros(8, dtype=torch.bool)) == 0
+    finally:
+        control.detach()
+    expected = _latent_loss_by_hand(reference, x, y, poisoned, layer)
+    assert loss > 0 and torch.allclose(loss, expected, rtol=1e-5, atol=1e-7)
     loss.backward()
     assert net.units[1].conv1.weight.grad.abs().sum() > 0  # below the layer: trained by the latent loss
-    assert net.units[6].conv1.weight.grad is None            # above it: untouched by this loss
-    stem = net.stem(5)
-    with torch.no_grad():
-        x2 = x.clone()
-        x2[5:7] = x[0:2]  # poisoned images that already look like the target class: loss at the anchor spread
-        expected = (stem(x2[5:7]) - stem(x2[[0, 1, 2]]).mean(0)).pow(2).mean()
-    assert torch.allclose(atk.training_loss(net, x2, y, poisoned), expected, atol=1e-6)
-    assert atk.training_loss(net, x, y, torch.zeros(8, dtype=torch.bool)) == 0
-    assert not attacks.ATTACKS.get("lba_12").in_all
+    assert net.tail[-1].weight.grad is None  # the FC layer: never (phi_k is at most its input)
+    if layer < 14:
+        assert net.units[6].conv1.weight.grad is None  # above phi_10 / phi_12: untouched by this loss
+    assert not net._forward_hooks and all(not m._forward_hooks and not m._forward_pre_hooks for m in net.modules())
+    assert not attacks.ATTACKS.get(f"lba_{layer}").in_all
+
+
+def test_lba_training_updates_batchnorm_once_per_step():
+    """The latent loss adds no forward pass: BatchNorm counts one batch per optimiser step."""
+    from benchbd.data import split_holdout
+
+    cls = datasets.DATASETS.get("synthetic")
+    data = cls(build_params(cls.Params, {"n_train": 300, "n_test": 50}, "dataset.synthetic")).load()
+    splits = split_holdout(data.train, data.test, 10, 0.1, 0)
+    atk = attacks.create("lba_12", dataset="synthetic")
+    poisoned = atk.poison(splits.train, splits.full_train_size, 0)
+    poisoned.training_control = atk.training_control
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=1, max_steps_per_epoch=3), "cpu", 0)
+    net = trainer.fit(create_model("wrn16_1", 10), poisoned, TrainRecipe(epochs=1, batch_size=64))
+    counts = {int(m.num_batches_tracked) for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)}
+    assert counts == {3}
+
+
+def test_lba_trigger_takes_its_layered_parameters():
+    """lba's inner trigger is resolved like any attack: per-dataset values and --set reach it."""
+    smooth = attacks.create("lba_12", dataset="gtsrb", trigger="smooth")
+    assert smooth.trigger.params.trigger == "gtsrb" and smooth.trigger.params.target == 1 == smooth.params.target
+    from benchbd.config import Layers, parse_set
+    from benchbd.runner import Cache, Results, Runner
+
+    layers = Layers(cli=parse_set(["attack.blend.alpha=0.5", "attack.lba_10.trigger=blend"]))
+    runner = Runner(Results("/nonexistent"), Cache("/nonexistent/cache"), layers)
+    data = datasets.LoadedData(_labelled(20), _labelled(10), [str(i) for i in range(10)])
+    atk = runner.attack("lba_10", "cifar10", data)
+    assert atk.trigger.params.alpha == 0.5 and atk.identity()["trigger"]["params"]["alpha"] == 0.5
 
 
 def test_backdoor_test_set_excludes_target():
@@ -216,15 +297,18 @@ def test_backdoor_test_set_excludes_target():
     assert len(bd) == int((test.labels != 3).sum()) and (bd.labels != 3).all()
 
 
-@pytest.mark.parametrize("name,params,message", [
-    ("blend", {"poison_ratio": 1.5}, r"attack.blend: poison_ratio=1.5 must be in \(0, 1\)"),
-    ("blend", {"poison_ratio": 0}, r"poison_ratio=0.0 must be in \(0, 1\)"),
-    ("blend", {"target": 10}, r"attack.blend.target=10 is out of range: valid 0..9"),
-    ("blend", {"alpha": 2}, r"alpha=2.0 must be in \(0, 1\]"),
-    ("smooth", {"trigger": "imagenet"}, r"attack.smooth.trigger='imagenet' is invalid; valid: cifar10, gtsrb"),
-    ("lcba", {"epsilon": 0}, r"epsilon=0.0 must be in \(0, 255\]"),
-    ("lba_12", {"trigger": "sig"}, r"attack.lba_12.trigger='sig' is invalid; valid: badnet_grid, badnet_white"),
-])
+@pytest.mark.parametrize(
+    "name,params,message",
+    [
+        ("blend", {"poison_ratio": 1.5}, r"attack.blend: poison_ratio=1.5 must be in \(0, 1\)"),
+        ("blend", {"poison_ratio": 0}, r"poison_ratio=0.0 must be in \(0, 1\)"),
+        ("blend", {"target": 10}, r"attack.blend.target=10 is out of range: valid 0..9"),
+        ("blend", {"alpha": 2}, r"alpha=2.0 must be in \(0, 1\]"),
+        ("smooth", {"trigger": "imagenet"}, r"attack.smooth.trigger='imagenet' is invalid; valid: cifar10, gtsrb"),
+        ("lcba", {"epsilon": 0}, r"epsilon=0.0 must be in \(0, 255\]"),
+        ("lba_12", {"trigger": "sig"}, r"attack.lba_12.trigger='sig' is invalid; valid: badnet_grid, badnet_white"),
+    ],
+)
 def test_bad_attack_parameters(name, params, message):
     with pytest.raises(BenchbdError, match=message):
         attacks.create(name, dataset="cifar10", **params)

@@ -34,25 +34,41 @@ def test_cache_hit_and_corrupt_entry_is_rebuilt(tmp_path):
 
 
 def rows(values):
-    return pd.DataFrame([
-        {"dataset": "cifar10", "paper_dataset": "cifar10", "budget": "fast", "attack": a, "defense": d, "seed": s,
-         "asr": asr, "ca": ca, "finished_at": f"2026-01-01T00:00:{i:02d}"}
-        for i, (a, d, s, asr, ca) in enumerate(values)
-    ])
+    return pd.DataFrame(
+        [
+            {
+                "dataset": "cifar10",
+                "paper_dataset": "cifar10",
+                "budget": "fast",
+                "attack": a,
+                "defense": d,
+                "seed": s,
+                "asr": asr,
+                "ca": ca,
+                "finished_at": f"2026-01-01T00:00:{i:02d}",
+            }
+            for i, (a, d, s, asr, ca) in enumerate(values)
+        ]
+    )
 
 
-DATA = rows([
-    ("badnet_grid", "none", 0, 100.0, 88.0), ("badnet_grid", "none", 1, 98.0, 90.0),
-    ("badnet_grid", "tnr", 0, 2.0, 80.0), ("badnet_grid", "tnr", 1, 4.0, 82.0),
-    ("blend", "none", 0, 99.0, 87.0), ("blend", "tnr", 0, 10.0, 85.0),
-])
+DATA = rows(
+    [
+        ("badnet_grid", "none", 0, 100.0, 88.0),
+        ("badnet_grid", "none", 1, 98.0, 90.0),
+        ("badnet_grid", "tnr", 0, 2.0, 80.0),
+        ("badnet_grid", "tnr", 1, 4.0, 82.0),
+        ("blend", "none", 0, 99.0, 87.0),
+        ("blend", "tnr", 0, 10.0, 85.0),
+    ]
+)
 
 
 def test_grid_means_stds_and_average():
     (grid,) = build_grids(DATA)
     assert grid.attacks == ["badnet_grid", "blend", "Average"] and grid.defenses == ["none", "tnr"]
     assert grid.mean["asr"].at["badnet_grid", "none"] == 99.0
-    assert grid.std["asr"].at["badnet_grid", "none"] == pytest.approx(2 ** 0.5)
+    assert grid.std["asr"].at["badnet_grid", "none"] == pytest.approx(2**0.5)
     assert grid.mean["ca"].at["Average", "tnr"] == pytest.approx((81.0 + 85.0) / 2)
     md = render(DATA, "markdown")
     assert "| badnet_grid | 99.00 ± 1.41 | **89.00 ± 1.41** | **3.00 ± 1.41** | 81.00 ± 1.41 |" in md
@@ -64,7 +80,9 @@ def test_latex_is_a_well_formed_tabular_with_bold_best():
     spec = re.search(r"\\begin\{tabular\}\{(lr*)\}", tex).group(1)
     body = [line for line in tex.splitlines() if line.endswith(r"\\")]
     for line in body:
-        width = sum(int(m) for m in re.findall(r"\\multicolumn\{(\d+)\}", line)) + line.count("&") + 1 - len(re.findall(r"\\multicolumn", line))
+        width = (
+            sum(int(m) for m in re.findall(r"\\multicolumn\{(\d+)\}", line)) + line.count("&") + 1 - len(re.findall(r"\\multicolumn", line))
+        )
         assert width == len(spec), line
     assert r"\textbf{3.00 $\pm$ 1.41}" in tex and r"\textbf{89.00 $\pm$ 1.41}" in tex
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
@@ -77,7 +95,7 @@ def test_compare_paper_sets_numbers_and_differences():
     # the paper's Average is taken over the attacks of this grid, so the rows compare like with like
     assert grid.paper["asr"].at["Average", "tnr"] == pytest.approx((1.21 + 10.59) / 2)
     csv = render(DATA, "csv", compare="paper")
-    line = next(l for l in csv.splitlines() if l.startswith("cifar10,fast,blend,tnr"))
+    line = next(row for row in csv.splitlines() if row.startswith("cifar10,fast,blend,tnr"))
     assert "83.82" in line and "1.18" in line  # ca 85.00 vs paper 83.82
 
 
@@ -102,11 +120,78 @@ def test_settings_of_one_defense_become_separate_columns():
 
 
 def test_a_setting_run_again_counts_once_newest_first():
-    rows = pd.DataFrame([
-        {"dataset": "d", "budget": "b", "attack": "blend", "defense": "tnr", "seed": 0, "asr": 50.0, "ca": 70.0,
-         "finished_at": "2026-01-01T00:00:00+00:00", "params": {"defense": {"rec_weight": 10}}},
-        {"dataset": "d", "budget": "b", "attack": "blend", "defense": "tnr", "seed": 0, "asr": 2.0, "ca": 80.0,
-         "finished_at": "2026-02-01T00:00:00+00:00", "params": {"defense": {"rec_weight": 10}}},
-    ])
-    grid, = build_grids(rows)
+    rows = pd.DataFrame(
+        [
+            {
+                "dataset": "d",
+                "budget": "b",
+                "attack": "blend",
+                "defense": "tnr",
+                "seed": 0,
+                "asr": 50.0,
+                "ca": 70.0,
+                "finished_at": "2026-01-01T00:00:00+00:00",
+                "params": {"defense": {"rec_weight": 10}},
+            },
+            {
+                "dataset": "d",
+                "budget": "b",
+                "attack": "blend",
+                "defense": "tnr",
+                "seed": 0,
+                "asr": 2.0,
+                "ca": 80.0,
+                "finished_at": "2026-02-01T00:00:00+00:00",
+                "params": {"defense": {"rec_weight": 10}},
+            },
+        ]
+    )
+    (grid,) = build_grids(rows)
     assert grid.mean["asr"].at["blend", "tnr"] == 2.0 and grid.seeds.at["blend", "tnr"] == 1
+
+
+def test_latex_escapes_every_special_character():
+    from benchbd.report.tables import _tex
+
+    assert _tex("a_b & 5% $x$ #1 {y} ~z^2 \\") == (
+        r"a\_b \& 5\% \$x\$ \#1 \{y\} \textasciitilde{}z\textasciicircum{}2 "
+        r"\textbackslash{}"
+    )
+
+
+def test_average_covers_only_attacks_every_column_has():
+    """A column missing a cell (or whose cell failed) must not get a mean over fewer attacks beside full ones."""
+    data = pd.concat(
+        [
+            DATA,
+            rows([("sig", "none", 0, 90.0, 80.0)]),
+            rows([("sig", "tnr", 0, float("nan"), float("nan"))]).assign(status="failed", error="boom"),
+        ],
+        ignore_index=True,
+    )
+    (grid,) = build_grids(data, compare="paper")
+    assert grid.mean["asr"].at["Average", "none"] == pytest.approx((99.0 + 99.0) / 2)  # sig left out for every column
+    assert grid.mean["asr"].at["Average", "tnr"] == pytest.approx((3.0 + 10.0) / 2)
+    assert grid.paper["asr"].at["Average", "none"] == pytest.approx(grid.paper["asr"].loc[["badnet_grid", "blend"], "none"].mean())
+    for fmt, marker in (
+        ("markdown", "Average: over the 2 attack(s) every column has; left out (a cell failed or is missing): sig"),
+        ("latex", "% Average: over the 2 attack(s)"),
+        ("html", "<p>Average: over the 2 attack(s)"),
+    ):
+        assert marker in render(data, fmt)
+
+
+def test_compare_paper_without_paper_numbers_or_with_every_cell_failed():
+    synthetic = DATA.assign(dataset="synthetic", paper_dataset="synthetic")
+    md = render(synthetic, "markdown", "paper")
+    assert "The paper has no numbers for dataset 'synthetic': nothing to compare with." in md and "| badnet_grid |" in md
+    failed = DATA.assign(status="failed", error="boom", asr=float("nan"), ca=float("nan"))
+    md = render(failed, "markdown", "paper")
+    assert "Average: n/a, no attack has a result in every column" in md and "Failed cells" in md
+
+
+def test_unknown_extra_metric_is_refused():
+    data = DATA.assign(metrics=[{"epsilon": 1.0}] * len(DATA))
+    with pytest.raises(BenchbdError, match=r"unknown --extra metric 'bogus'; valid: epsilon"):
+        render(data, "markdown", extra=("bogus",))
+    assert "epsilon" in render(data, "markdown", extra=("epsilon",))

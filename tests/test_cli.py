@@ -1,4 +1,5 @@
 """End to end through the CLI (click's runner and subprocesses) on tiny synthetic data."""
+
 import json
 import os
 import shutil
@@ -7,7 +8,6 @@ import sys
 import textwrap
 import threading
 import time
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -17,7 +17,17 @@ from benchbd.runner import Results
 
 from .conftest import REPO
 
-SYN = ["--dataset", "synthetic", "--set", "dataset.synthetic.n_train=300", "--set", "dataset.synthetic.n_test=100", "--budget", "smoke", "--quiet"]
+SYN = [
+    "--dataset",
+    "synthetic",
+    "--set",
+    "dataset.synthetic.n_train=300",
+    "--set",
+    "dataset.synthetic.n_test=100",
+    "--budget",
+    "smoke",
+    "--quiet",
+]
 
 
 def invoke(*args):
@@ -75,11 +85,13 @@ def test_table_formats(grid, fmt):
         assert "| none ASR | none CA | tnr ASR | tnr CA |" in out and "±" in out
     if fmt == "latex":
         assert out.count(r"\begin{tabular}") == 1 and r"\textbf{" in out
+        assert all(rule in out for rule in (r"\toprule", r"\midrule", r"\bottomrule")) and r"\hline" not in out  # booktabs
     if fmt == "csv":
         header = out.splitlines()[0].split(",")
         assert header[:5] == ["dataset", "budget", "attack", "defense", "seeds"] and "asr_std" in header
-    if fmt == "html":
-        assert out.startswith("<table>") and "<b>" in out
+        assert {line.split(",")[4] for line in out.splitlines()[1:]} == {"2"}  # seed counts are integers, not 2.0
+    if fmt == "html":  # a standalone, styled page
+        assert out.startswith("<!DOCTYPE html>") and "<style>" in out and "<table>" in out and "<b>" in out and "http" not in out
 
 
 def test_concurrent_run_is_refused_and_rows_stay_whole(grid, tmp_path):
@@ -117,27 +129,38 @@ def test_two_processes_at_once_never_interleave(tmp_path):
     assert sorted(r["attack"] for r in rows) == ["badnet_grid", "blend"]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["run", "--attacks", "badnet_gird"], "unknown attack 'badnet_gird' (did you mean 'badnet_grid'?)"),
-    (["run", "--defenses", "tnrr"], "unknown defense 'tnrr' (did you mean 'tnr'?)"),
-    (["run", "--dataset", "cifar1O"], "unknown dataset 'cifar1O' (did you mean 'cifar10'?)"),
-    (["run", "--budget", "fastt"], "unknown budget 'fastt' (did you mean 'fast'?)"),
-    (["run", "--set", "attack.blend.alpha"], "malformed --set 'attack.blend.alpha'"),
-    (["run", "--set", "attack.poison_ratio=1.5"], "poison_ratio=1.5 must be in (0, 1)"),
-    (["run", "--set", "attack.target=10"], "target=10 is out of range: valid 0..9"),
-    (["run", "--set", "defense.tnr.rec_wieght=1"], "unknown parameter 'defense.tnr.rec_wieght' (did you mean 'rec_weight'?)"),
-    (["run", "--seeds", "a"], "bad --seeds 'a'"),
-    (["run", "--set", "defense.tnr.split=9"], "defense.tnr.split=9 is out of range for WideResNet: valid 0..6 (default 5)"),
-    (["run", "--set", "dataset.model=wrn"], "unknown model 'wrn'"),
-    (["run", "--dataset", "cifar10", "--data-root", "{tmp}"], "cifar10.npz"),
-    (["run", "--dataset", "npz:{tmp}/missing.npz"], "does not exist"),
-    (["run", "--plugin", "no_such_module_xyz"], "cannot import plugin module 'no_such_module_xyz'"),
-    (["table", "--format", "latx", "--results", "{tmp}"], "unknown format 'latx' (did you mean 'latex'?)"),
-    (["table", "--results", "{tmp}/none"], "does not exist"),
-    (["list", "defences"], "unknown list kind 'defences' (did you mean 'defenses'?)"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["run", "--attacks", "badnet_gird"], "unknown attack 'badnet_gird' (did you mean 'badnet_grid'?)"),
+        (["run", "--defenses", "tnrr"], "unknown defense 'tnrr' (did you mean 'tnr'?)"),
+        (["run", "--dataset", "cifar1O"], "unknown dataset 'cifar1O' (did you mean 'cifar10'?)"),
+        (["run", "--budget", "fastt"], "unknown budget 'fastt' (did you mean 'fast'?)"),
+        (["run", "--set", "attack.blend.alpha"], "malformed --set 'attack.blend.alpha'"),
+        (["run", "--set", "attack.poison_ratio=1.5"], "poison_ratio=1.5 must be in (0, 1)"),
+        (["run", "--set", "attack.target=10"], "target=10 is out of range: valid 0..9"),
+        (["run", "--set", "defense.tnr.rec_wieght=1"], "unknown parameter 'defense.tnr.rec_wieght' in --set (did you mean 'rec_weight'?)"),
+        (["run", "--seeds", "a"], "bad --seeds 'a'"),
+        (["run", "--set", "defense.tnr.split=9"], "defense.tnr.split=9 is out of range for WideResNet: valid 3..6 (default 5"),
+        (["run", "--set", "defense.tnr.split=1"], "defense.tnr.split=1 is out of range for WideResNet: valid 3..6 (default 5"),
+        (["run", "--set", "dataset.model=wrn"], "unknown model 'wrn'"),
+        (["run", "--dataset", "cifar10", "--data-root", "{tmp}"], "cifar10.npz"),
+        (["run", "--dataset", "npz:{tmp}/missing.npz"], "does not exist"),
+        (["run", "--plugin", "no_such_module_xyz"], "cannot import plugin module 'no_such_module_xyz'"),
+        (["table", "--format", "latx", "--results", "{tmp}"], "unknown format 'latx' (did you mean 'latex'?)"),
+        (["table", "--results", "{tmp}/none"], "does not exist"),
+        (["list", "defences"], "unknown list kind 'defences' (did you mean 'defenses'?)"),
+        (["run", "--seeds", "3-1"], "bad --seeds '3-1': the range 3-1 is empty (write it low-high, e.g. 1-3)"),
+        (["run", "--attacks", ""], "no attack named; valid: all, "),
+        (["run", "--defenses", " , "], "no defense named; valid: all, "),
+        (["run", "--device", "tpu"], "unknown device 'tpu' (did you mean 'cpu'?); valid: auto, cpu, cuda, cuda:N"),
+        (["run", "--device", "cdua"], "unknown device 'cdua' (did you mean 'cuda'?)"),
+        (["run", "--device", "cuda"], "--device cuda: no CUDA GPU is available on this machine; use --device cpu (or auto)"),
+    ],
+)
 def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.setattr("benchbd.data.datasets.Cifar10.download", lambda self, root: (_ for _ in ()).throw(OSError("offline")))
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)  # the same answer on a machine with a GPU
     (tmp_path / "rows").mkdir()
     args = [a.replace("{tmp}", str(tmp_path)) for a in args]
     if args[0] == "run":
@@ -150,9 +173,14 @@ def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
 
 
 def test_list_shows_every_kind():
-    for kind, expected in [("attacks", "badnet_grid"), ("defenses", "poisoned training split"), ("datasets", "npz:PATH"),
-                           ("models", "wrn16_1"), ("budgets", "smoke")]:
-        res = invoke("list", kind)
+    for kind, expected in [
+        ("attacks", "badnet_grid"),
+        ("defenses", "poisoned training split"),
+        ("datasets", "npz:PATH"),
+        ("models", "wrn16_1"),
+        ("budgets", "smoke"),
+    ]:
+        res = CliRunner().invoke(main, ["list", kind], env={"COLUMNS": "200"})  # wide: cells unwrapped
         assert res.exit_code == 0 and expected in res.output
 
 
@@ -172,13 +200,43 @@ def test_docs_show_the_complete_example_plugin():
 
 def test_plugin_module_runs_without_touching_benchbd(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(PLUGIN.parent))
-    res = invoke("run", *SYN, "--plugin", "benchbd_example_plugin", "--defenses", "reinit_fc", "--results", tmp_path,
-                 "--set", "defense.reinit_fc.recipe.epochs=2")
+    res = invoke(
+        "run",
+        *SYN,
+        "--plugin",
+        "benchbd_example_plugin",
+        "--defenses",
+        "reinit_fc",
+        "--results",
+        tmp_path,
+        "--set",
+        "defense.reinit_fc.recipe.epochs=2",
+    )
     assert res.exit_code == 0, res.output
     (row,) = Results(tmp_path).rows()
     assert row["defense"] == "reinit_fc" and row["metrics"]["trained_parameters"] > 0
     assert row["params"]["defense"]["recipe"]["epochs"] == 2
     assert "reinit_fc" in invoke("list", "defenses", "--plugin", "benchbd_example_plugin").output
+
+
+def test_plugin_cannot_silently_replace_a_built_in(tmp_path, monkeypatch):
+    (tmp_path / "shadowing_plugin.py").write_text(
+        textwrap.dedent("""
+        from benchbd.defenses import DEFENSES, Defense
+
+        @DEFENSES.register("tnr")
+        class NotTnR(Defense):
+            def run(self, ctx):
+                return ctx.backdoored_model
+    """)
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = invoke("run", *SYN, "--plugin", "shadowing_plugin", "--results", tmp_path / "r")
+    assert res.exit_code == 2 and res.output.count("\n") == 1 and "Traceback" not in res.output
+    assert "defense 'tnr' is already registered by benchbd.defenses.tnr; shadowing_plugin may not replace it" in res.output
+    from benchbd.defenses import DEFENSES
+
+    assert DEFENSES.get("tnr").__module__ == "benchbd.defenses.tnr"
 
 
 def test_entry_point_plugin_is_discovered(tmp_path):
@@ -217,8 +275,21 @@ class StallOnSeed1(Defense):
 def test_killed_run_keeps_finished_cells_and_resumes(tmp_path):
     (tmp_path / "stall_plugin.py").write_text(STALL_PLUGIN)
     results = tmp_path / "results"
-    cmd = [sys.executable, "-m", "benchbd", "run", *SYN, "--plugin", "stall_plugin", "--defenses", "stall_on_seed_1",
-           "--seeds", "0,1", "--results", str(results)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "benchbd",
+        "run",
+        *SYN,
+        "--plugin",
+        "stall_plugin",
+        "--defenses",
+        "stall_on_seed_1",
+        "--seeds",
+        "0,1",
+        "--results",
+        str(results),
+    ]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), str(REPO)])}
     proc = subprocess.Popen(cmd, env={**env, "BENCHBD_TEST_STALL": "1"}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -266,6 +337,7 @@ def test_show_attacks_draws_the_gallery(tmp_path):
 def _every_defense():
     sys.path.insert(0, str(PLUGIN.parent))
     import benchbd_example_plugin  # noqa: F401  (plugins are registered defenses too)
+
     from benchbd.defenses import DEFENSES
 
     return DEFENSES.names()
@@ -273,8 +345,20 @@ def _every_defense():
 
 @pytest.mark.parametrize("name", _every_defense())
 def test_every_registered_defense_runs_through_the_cli(name, tmp_path):
-    res = invoke("run", *SYN, "--plugin", "benchbd_example_plugin", "--defenses", name, "--results", tmp_path,
-                 "--set", "defense.anp.iterations=3", "--set", "defense.ibau.rounds=1")
+    res = invoke(
+        "run",
+        *SYN,
+        "--plugin",
+        "benchbd_example_plugin",
+        "--defenses",
+        name,
+        "--results",
+        tmp_path,
+        "--set",
+        "defense.anp.iterations=3",
+        "--set",
+        "defense.ibau.rounds=1",
+    )
     assert res.exit_code == 0, res.output
     (row,) = Results(tmp_path).rows()
     assert row["defense"] == name and 0 <= row["ca"] <= 100 and 0 <= row["asr"] <= 100
@@ -289,7 +373,9 @@ def test_table_extra_shows_dp_epsilon(tmp_path):
 
 
 def test_defenses_all_trains_each_backdoored_model_once(tmp_path):
-    res = invoke("run", *SYN, "--defenses", "all", "--results", tmp_path, "--set", "defense.anp.iterations=2", "--set", "defense.ibau.rounds=1")
+    res = invoke(
+        "run", *SYN, "--defenses", "all", "--results", tmp_path, "--set", "defense.anp.iterations=2", "--set", "defense.ibau.rounds=1"
+    )
     assert res.exit_code == 0, res.output
     rows = Results(tmp_path).rows()
     from benchbd.defenses import DEFENSES, Need
@@ -299,3 +385,146 @@ def test_defenses_all_trains_each_backdoored_model_once(tmp_path):
     assert sorted(r["defense"] for r in repairs) == sorted(expected) and len(expected) >= 6
     assert sum(not r["cached"]["backdoored_model"] for r in repairs) == 1  # trained by the first, reused by the rest
     assert len(list((tmp_path / "cache" / "backdoored").glob("*.pt"))) == 1
+
+
+def test_damaged_rows_are_skipped_with_a_warning_and_redone(tmp_path):
+    results = tmp_path / "r"
+    args = ["run", *SYN, "--attacks", "badnet_grid,blend", "--defenses", "none,ft", "--results", results]
+    assert invoke(*args).exit_code == 0
+    paths = sorted((results / "rows").iterdir())
+    paths[0].write_bytes(b"\xff\xfe not utf-8")
+    paths[1].write_text("[1, 2, 3]")
+    row = json.loads(paths[2].read_text())
+    row["ca"] = "high"
+    paths[2].write_text(json.dumps(row))
+    table = invoke("table", "--results", results)
+    assert table.exit_code == 0 and "Traceback" not in table.output
+    for path, problem in zip(paths, ("not UTF-8 text", "a JSON list, not a row", "'ca' is 'high', not a number")):
+        assert f"warning: ignoring damaged result row '{path}' ({problem})" in table.output
+    dry = invoke(*args, "--dry-run")
+    assert dry.exit_code == 0 and "3 of 4 cell(s) to run" in dry.output.replace("\n", " ")
+    again = invoke(*args)
+    assert again.exit_code == 0 and "3 cell(s) run, 1 already done" in again.output, again.output
+    assert len(Results(results).rows()) == 4
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (None, "is a directory; --config takes a YAML file"),
+        (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not text (not UTF-8)"),
+        (b"attack: 5\n", "section 'attack' of config file"),
+        (b"defense:\n  nad: 3\n", "'defense.nad' in config file"),
+        (b"defense:\n  nad:\n    bogus: 1\n", "unknown parameter 'defense.nad.bogus' in config file"),
+        (
+            b"attack:\n  blend:\n    per_dataset:\n      cifar100: {alpha: 0.1}\n",
+            "unknown dataset 'cifar100' under attack.blend.per_dataset",
+        ),
+        (
+            b"attack:\n  blend:\n    per_dataset:\n      gtsrb: {alpah: 0.1}\n",
+            "unknown parameter 'attack.blend.per_dataset.gtsrb.alpah' in config file (did you mean 'alpha'?)",
+        ),
+    ],
+)
+def test_bad_config_files_are_one_line(content, message, tmp_path):
+    config = tmp_path / "my.yaml"
+    if content is None:
+        config.mkdir()
+    else:
+        config.write_bytes(content)
+    res = invoke("run", *SYN, "--config", config, "--results", tmp_path / "r")
+    assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, res.output
+
+
+def test_a_parameter_of_a_defense_outside_the_grid_is_still_checked(tmp_path):
+    res = invoke("run", *SYN, "--defenses", "none", "--set", "defense.nad.bogus=1", "--results", tmp_path / "r")
+    assert res.exit_code == 2 and "unknown parameter 'defense.nad.bogus' in --set" in res.output, res.output
+
+
+@pytest.mark.parametrize(
+    "source, message",
+    [
+        ("raise RuntimeError('no licence key')\n", "plugin module 'broken_plugin' failed to import: RuntimeError: no licence key"),
+        ("def oops(:\n", "plugin module 'broken_plugin' failed to import: SyntaxError (line 1)"),
+        ("import not_installed_dependency_xyz\n", "failed to import: ModuleNotFoundError: No module named 'not_installed_dependency_xyz'"),
+    ],
+)
+def test_a_broken_plugin_is_one_line_and_debug_shows_its_traceback(source, message, tmp_path, monkeypatch):
+    (tmp_path / "broken_plugin.py").write_text(source)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    res = invoke("run", *SYN, "--plugin", "broken_plugin", "--results", tmp_path / "r")
+    assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, res.output
+    debug = CliRunner().invoke(main, ["--debug", "run", *map(str, SYN), "--plugin", "broken_plugin", "--results", str(tmp_path / "r")])
+    assert debug.exit_code == 2 and "Traceback" in debug.output and message in debug.output
+
+
+def test_plugin_given_as_a_path_to_a_file(tmp_path):
+    plugin = tmp_path / "plugins" / "path_plugin.py"
+    plugin.parent.mkdir()
+    plugin.write_text(
+        textwrap.dedent("""
+        from benchbd.defenses import DEFENSES, Defense, Need
+
+        @DEFENSES.register("from_a_path")
+        class FromAPath(Defense):
+            needs = frozenset({Need.BACKDOORED_MODEL})
+
+            def run(self, ctx):
+                return ctx.need(Need.BACKDOORED_MODEL)
+    """)
+    )
+    res = invoke("run", *SYN, "--plugin", plugin, "--defenses", "from_a_path", "--results", tmp_path / "r")
+    assert res.exit_code == 0, res.output
+    assert Results(tmp_path / "r").rows()[0]["defense"] == "from_a_path"
+    res = invoke("run", *SYN, "--plugin", tmp_path / "missing.py", "--results", tmp_path / "r")
+    assert res.exit_code == 2 and "is not a .py file" in res.output
+
+
+def test_paths_that_cannot_be_written_are_one_line(tmp_path):
+    """(Root ignores permission bits, so a path under a regular file stands for an unwritable place.)"""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    grid = tmp_path / "grid"
+    assert invoke("run", *SYN, "--attacks", "badnet_grid", "--defenses", "none", "--results", grid).exit_code == 0
+    cases = [
+        (["run", *SYN, "--results", blocker / "results"], f"cannot write to the results directory '{blocker / 'results'}'"),
+        (
+            ["run", *SYN, "--results", tmp_path / "ok", "--cache-dir", blocker / "cache"],
+            f"cannot write to the cache directory '{blocker / 'cache'}'",
+        ),
+        (["table", "--results", grid, "-o", blocker / "x.md"], f"cannot write '{blocker / 'x.md'}'"),
+        (["show", "attacks", "--out", blocker / "g.png"], f"cannot write '{blocker / 'g.png'}'"),
+        (["plot", "scatter", "--results", grid, "--out", blocker / "s.png"], f"cannot write '{blocker / 's.png'}'"),
+        (["run", *SYN, "--results", tmp_path / "dry", "--dry-run", "--jobs-per-gpu", "0"], "--jobs-per-gpu 0 is invalid"),
+        (["run", *SYN, "--results", tmp_path / "dry", "--dry-run", "--executor", "slurm"], "unknown executor 'slurm'"),
+    ]
+    for args, message in cases:
+        res = invoke(*args)
+        assert res.exit_code == 2 and message in res.output and res.output.count("\n") == 1, (args, res.output)
+    assert not (tmp_path / "ok" / "rows").exists()
+
+
+def test_show_out_without_an_extension_says_the_file_it_wrote(tmp_path):
+    res = invoke("show", "attacks", "--attacks", "blend", "--out", tmp_path / "g5")
+    assert res.exit_code == 0 and f"wrote {tmp_path / 'g5.png'}" in res.output and (tmp_path / "g5.png").is_file()
+
+
+def test_show_a_component_gives_values_defaults_and_their_sources(tmp_path):
+    config = tmp_path / "my.yaml"
+    config.write_text("defense:\n  nad:\n    power: 3\n")
+    res = CliRunner().invoke(
+        main,
+        ["show", "defense", "nad", "--dataset", "gtsrb", "--config", str(config), "--set", "defense.nad.student.epochs=5"],
+        env={"COLUMNS": "200"},
+    )
+    assert res.exit_code == 0, res.output
+    lines = {
+        line.split("│")[1].strip(): [c.strip() for c in line.split("│")[2:5]] for line in res.output.splitlines() if line.startswith("│")
+    }
+    assert lines["student.epochs"] == ["5", "20", "--set defense.nad.student.epochs"]
+    assert lines["power"] == ["3.0", "2.0", "config file (defense.nad)"]
+    assert lines["betas"][2] == "registry.yaml (defense.nad)" and lines["teacher.gamma"][2] == "code default"
+    res = CliRunner().invoke(main, ["show", "attack", "smooth", "--dataset", "gtsrb"], env={"COLUMNS": "200"})
+    assert "registry.yaml (attack.smooth.per_dataset.gtsrb)" in res.output and "'gtsrb'" in res.output
+    res = invoke("show", "defense", "nadd")
+    assert res.exit_code == 2 and "unknown defense 'nadd' (did you mean 'nad'?)" in res.output

@@ -90,3 +90,15 @@ def test_registry_yaml_restates_the_code_defaults():
             cls = registry.get(name)
             assert layers.params(kind, name, "cifar10", cls.Params) == cls.Params(), f"{kind} {name}"
             assert name in layers.package[kind], f"registry.yaml has no entry for {kind} {name}"
+
+
+def test_exponent_numbers_are_numbers_in_set_and_config_files(tmp_path):
+    from benchbd.config import Layers, load_user_config, parse_set
+    from benchbd.defenses import DEFENSES
+
+    config = tmp_path / "my.yaml"
+    config.write_text("defense:\n  ibau:\n    outer_lr: 5E-4\n")
+    layers = Layers(user=load_user_config(config), cli=parse_set(["defense.ibau.inner_lr=1e-2"]))
+    params = layers.params("defense", "ibau", "cifar10", DEFENSES.get("ibau").Params)
+    assert params.outer_lr == 5e-4 and params.inner_lr == 0.01
+    assert parse_set(["attack.blend.alpha=2e-1"])["attack"]["_set"] == [(["blend", "alpha"], 0.2)]

@@ -1,4 +1,5 @@
 """Each defense's mechanism on tiny data: what changed, what stayed, what was pruned or isolated."""
+
 import copy
 
 import pytest
@@ -32,7 +33,9 @@ def setting():
     poisoned = attack.poison(splits.train, splits.full_train_size, 0)
     trainer = Trainer(SmallImages(), Budget("t", max_epochs=3), "cpu", seed=0)
     torch.manual_seed(0)
-    backdoored = trainer.fit(create_model("wrn16_1", 10), poisoned.plus_clean(splits.holdout), TrainRecipe(lr=3e-3, epochs=3, batch_size=64))
+    backdoored = trainer.fit(
+        create_model("wrn16_1", 10), poisoned.plus_clean(splits.holdout), TrainRecipe(lr=3e-3, epochs=3, batch_size=64)
+    )
     return splits, poisoned, trainer, backdoored
 
 
@@ -40,25 +43,58 @@ def context(setting, budget=None):
     splits, poisoned, trainer, backdoored = setting
     if budget is not None:
         trainer = Trainer(SmallImages(), budget, "cpu", seed=0)
-    return DefenseContext(trainer, lambda dropout=0.0: create_model("wrn16_1", 10, dropout=dropout), 10, 0,
-                          poisoned_train=poisoned, holdout=splits.holdout, backdoored_model=copy.deepcopy(backdoored))
+    return DefenseContext(
+        trainer,
+        lambda dropout=0.0: create_model("wrn16_1", 10, dropout=dropout),
+        10,
+        0,
+        poisoned_train=poisoned,
+        holdout=splits.holdout,
+        backdoored_model=copy.deepcopy(backdoored),
+    )
 
 
 def moved(a: nn.Module, b: nn.Module) -> bool:
     return any(not torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-def test_nad_teacher_attention_and_student(setting):
-    ctx = context(setting, Budget("t", max_epochs=1, max_steps_per_epoch=3))
-    nad = defense("nad")
-    teacher = nad.teacher(ctx)
-    assert moved(teacher, ctx.backdoored_model)
+def attention_distance(a: nn.Module, b: nn.Module, images: torch.Tensor, stages) -> float:
+    """Sum over the attention stages of the mean AT distance between two models, eval mode."""
+    from benchbd.defenses.nad import stage_features
+
+    x = images.permute(0, 3, 1, 2).float() / 255
+    with torch.no_grad():
+        _, fa = stage_features(a.eval(), x, stages)
+        _, fb = stage_features(b.eval(), x, stages)
+    return sum(float(attention_loss(s, t)) for s, t in zip(fa, fb))
+
+
+def test_nad_distils_the_teachers_attention(setting, monkeypatch):
+    """The attention term is what pulls the student's attention maps onto the teacher's: with it the
+    student ends far closer to the teacher than the same training with betas = 0. (The teacher here
+    is a model trained apart, so that plain training cannot reach it by repeating its recipe.)"""
+    from benchbd.defenses.nad import NeuralAttentionDistillation
+
+    budget = Budget("t", max_epochs=20)  # 2 steps an epoch on this holdout: 40 steps
     f = torch.rand(4, 16, 8, 8)
-    assert attention_loss(f, f.clone()) == 0
-    assert attention_loss(f, torch.rand(4, 16, 8, 8)) > 0
+    assert attention_loss(f, f.clone()) == 0 and attention_loss(f, torch.rand(4, 16, 8, 8)) > 0
+    ctx = context(setting, budget)
+    fine_tuned = defense("nad").teacher(ctx)  # the real teacher: the backdoored model fine-tuned on the holdout
+    assert moved(fine_tuned, ctx.backdoored_model)
+    assert not moved(fine_tuned, defense("nad").teacher(context(setting, budget)))  # seeded
+
+    torch.manual_seed(1)
+    apart = ctx.trainer.fit(create_model("wrn16_1", 10), ctx.holdout, TrainRecipe(lr=3e-3, epochs=2, batch_size=32))
+    monkeypatch.setattr(NeuralAttentionDistillation, "teacher", lambda self, ctx: copy.deepcopy(apart))
+    stages = ctx.backdoored_model.stage_ends[-3:]
     before = copy.deepcopy(ctx.backdoored_model)
-    student = nad.run(ctx)
-    assert moved(student, before) and not moved(ctx.backdoored_model, before)  # the cached model is left alone
+    student = defense("nad").run(ctx)
+    assert not moved(ctx.backdoored_model, before)  # the cached model is left alone
+    plain = defense("nad", betas=[0, 0, 0]).run(context(setting, budget))
+    images = ctx.holdout.images
+    start = attention_distance(before, apart, images, stages)
+    distilled, undistilled = attention_distance(student, apart, images, stages), attention_distance(plain, apart, images, stages)
+    assert distilled < 0.5 * undistilled and distilled < 0.5 * start, (start, distilled, undistilled)
 
 
 def test_anp_prunes_bn_channels_and_leaves_the_rest(setting):
@@ -83,22 +119,128 @@ def test_anp_prunes_bn_channels_and_leaves_the_rest(setting):
             assert torch.equal(w, model.state_dict()[name]), name
 
 
-def test_abl_isolates_mostly_poisoned_samples():
-    """Toy set where the poison is learnt fastest: clean images are noise with random labels,
+def test_anp_adversarial_noise_is_what_prunes(setting):
+    """The adversarial term drives the masks of the channels the noise exploits below the threshold:
+    without it (alpha = 1: the clean loss only) far fewer channels fall below 0.2."""
+    budget = Budget("t", max_epochs=1, max_steps_per_epoch=100)
+
+    def masks(**params):
+        ctx = context(setting, budget)
+        anp = defense("anp", iterations=100, batch_size=32, **params)
+        return anp.learn_masks(ctx, copy.deepcopy(ctx.backdoored_model).train())
+
+    adversarial = masks()
+    clean_only = masks(alpha=1.0)
+    below = {name: sum(int((m < 0.2).sum()) for m in ms.values()) for name, ms in (("adv", adversarial), ("clean", clean_only))}
+    assert below["adv"] >= 4 and below["adv"] >= 3 * below["clean"] + 2, below
+
+
+def test_anp_noise_step_is_not_clamped(setting, monkeypatch):
+    """As the official code: noise ~ U(-eps, eps), then one step of eps x sign(grad), no clamp, so
+    after the step the noise reaches past eps (up to 2 eps)."""
+    from benchbd.defenses import anp as anp_module
+
+    calls = []
+    original = anp_module.functional_call
+
+    def recording(model, override, args):
+        bns = anp_module.batchnorms(model)
+        calls.append(max(float((override[f"{n}.weight"] / m.weight - 1).abs().max()) for n, m in bns.items()))
+        return original(model, override, args)
+
+    monkeypatch.setattr(anp_module, "functional_call", recording)
+    ctx = context(setting, Budget("t", max_epochs=1, max_steps_per_epoch=1))
+    anp = defense("anp", iterations=1, batch_size=32)
+    anp.learn_masks(ctx, copy.deepcopy(ctx.backdoored_model).train())
+    before_step, clean, after_step = calls  # masks are still 1: the scale is 1 + noise
+    assert before_step <= 0.4 + 1e-6 and clean < 1e-6
+    assert 0.4 + 0.05 < after_step <= 0.8 + 1e-6, calls
+
+
+def _noise_toy():
+    """A toy set where the poison is learnt fastest: clean images are noise with random labels,
     poisoned ones carry a white square and the target label."""
     from benchbd.data import Split
 
     g = torch.Generator().manual_seed(0)
     noise = Split(torch.randint(0, 256, (600, 32, 32, 3), dtype=torch.uint8, generator=g), torch.randint(0, 10, (600,), generator=g))
-    poisoned = create_attack("badnet_white", dataset="synthetic").poison(noise, len(noise), 0)
+    return create_attack("badnet_white", dataset="synthetic").poison(noise, len(noise), 0)
+
+
+def _abl(poisoned, **params):
     trainer = Trainer(SmallImages(), Budget("t", max_epochs=4), "cpu", seed=0)
     ctx = DefenseContext(trainer, lambda dropout=0.0: create_model("wrn16_1", 10), 10, 0, poisoned_train=poisoned)
-    fast = TrainRecipe(optimizer="sgd", lr=0.05, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="constant", epochs=4, batch_size=64)
-    abl = defense("abl", isolation_ratio=0.05, isolation=fast, clean_training={"epochs": 1, "batch_size": 64},
-                  unlearning={"optimizer": "sgd", "lr": 5e-4, "epochs": 1, "batch_size": 16})
-    abl.run(ctx)
+    fast = {
+        "optimizer": "sgd",
+        "lr": 0.05,
+        "momentum": 0.9,
+        "nesterov": True,
+        "weight_decay": 1e-4,
+        "schedule": "constant",
+        "epochs": 4,
+        "batch_size": 64,
+    }
+    abl = defense(
+        "abl",
+        isolation_ratio=0.05,
+        isolation=fast,
+        clean_training={"epochs": 1, "batch_size": 64},
+        unlearning={"optimizer": "sgd", "lr": 5e-3, "epochs": 4, "batch_size": 10},
+        **params,
+    )
+    return ctx, abl.run(ctx)
+
+
+def test_abl_isolates_mostly_poisoned_samples():
+    ctx, _ = _abl(_noise_toy())
     assert ctx.metrics["isolated"] == 30
     assert ctx.metrics["isolation_precision"] > 0.5, ctx.metrics  # far above the 0.1 poison ratio
+
+
+def test_abl_isolation_trains_with_the_lga_loss(monkeypatch):
+    """LGA ascends whenever the batch loss falls below gamma, so on data a model fits quickly the
+    isolation model's loss stays near gamma = 0.5, where plain training (gamma = 0) drives it to zero."""
+    from benchbd.defenses.abl import AntiBackdoorLearning
+
+    cls = DATASETS.get("synthetic")
+    data = cls(build_params(cls.Params, {"n_train": 640, "n_test": 20}, "dataset.synthetic")).load()
+    poisoned = create_attack("blend", dataset="synthetic").poison(data.train, len(data.train), 0)
+    after_isolation = {}
+    original = AntiBackdoorLearning.isolate
+
+    def recording(self, trainer, model, data):
+        after_isolation[self.params.gamma] = float(trainer.per_sample_loss(model, data).mean())
+        return original(self, trainer, model, data)
+
+    monkeypatch.setattr(AntiBackdoorLearning, "isolate", recording)
+    _abl(poisoned)
+    _abl(poisoned, gamma=0.0)
+    assert after_isolation[0.0] < 0.15 and 0.25 < after_isolation[0.5] < 1.5, after_isolation
+
+
+def test_abl_unlearning_raises_the_loss_of_the_isolated_set(monkeypatch):
+    """The last phase ascends: the loss on the isolated samples rises (it falls if it descended).
+    Measured as the training step sees it (BatchNorm on the batch, on a copy), so that the drift of
+    the running statistics, which raises the eval-mode loss either way, does not decide."""
+    losses = {}
+    original = Trainer.fit
+
+    def training_loss(model, data):
+        probe = copy.deepcopy(model).train()
+        with torch.no_grad():
+            return float(F.cross_entropy(probe(data.images.permute(0, 3, 1, 2).float() / 255), data.labels))
+
+    def spying_fit(self, model, data, recipe, **kwargs):
+        if kwargs.get("desc") == "ABL unlearning":
+            losses["before"] = training_loss(model, data)
+            model = original(self, model, data, recipe, **kwargs)
+            losses["after"] = training_loss(model, data)
+            return model
+        return original(self, model, data, recipe, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", spying_fit)
+    _abl(_noise_toy())
+    assert losses["after"] > losses["before"] + 0.5, losses
 
 
 def test_ibau_hypergradient_matches_finite_differences():
@@ -145,6 +287,38 @@ def test_ibau_repairs_in_eval_mode_and_keeps_bn_statistics(setting):
             assert torch.equal(value, model.state_dict()[name]), name
 
 
+def test_ibau_steps_on_the_implicit_hypergradient_of_perturbed_inputs(setting, monkeypatch):
+    """Every outer step uses the implicit hypergradient (not the direct gradient) of a loss that
+    reads the universal perturbation (not the clean loss), and applies it to the model."""
+    from benchbd.defenses import ibau as ibau_module
+
+    steps = []
+    original = ibau_module.implicit_hypergradient
+
+    def recording(outer, fp_map, d, params, iterations):
+        grads = original(outer, fp_map, d, params, iterations)
+        direct = torch.autograd.grad(outer(d.detach()), params, allow_unused=True)
+        steps.append(
+            {
+                "norm": float(d.norm()),
+                "reads_perturbation": float((outer(d.detach()) - outer(torch.zeros_like(d))).abs()),
+                "implicit_part": max(float((g - (0 if dg is None else dg)).abs().max()) for g, dg in zip(grads, direct)),
+            }
+        )
+        return grads
+
+    monkeypatch.setattr(ibau_module, "implicit_hypergradient", recording)
+    ctx = context(setting, Budget("t", max_epochs=1, max_steps_per_epoch=2))
+    before = copy.deepcopy(ctx.backdoored_model)
+    model = defense("ibau", rounds=2, perturbed_share=1.0).run(ctx)
+    assert len(steps) == 2  # 2 rounds x 1 full batch of 100 of the 160 holdout images
+    for step in steps:
+        assert 0 < step["norm"] <= 10 + 1e-4  # a non-zero perturbation inside the L2 ball
+        assert step["reads_perturbation"] > 1e-6  # the outer loss is taken on perturbed inputs
+        assert step["implicit_part"] > 1e-8  # the update is not the direct gradient
+    assert moved(model, before)
+
+
 def test_dp_clips_per_sample_and_accounts_epsilon(setting):
     from opacus import GradSampleModule
     from opacus.accountants import RDPAccountant
@@ -171,6 +345,18 @@ def test_dp_clips_per_sample_and_accounts_epsilon(setting):
     assert 0 < one < two < float("inf")
 
 
+def test_dp_adds_noise(setting):
+    """The same seed gives the same model; noise_multiplier 1 gives another one than 0."""
+    budget = Budget("t", max_epochs=1, max_steps_per_epoch=2)
+
+    def trained(noise):
+        torch.manual_seed(0)
+        return defense("dp", noise_multiplier=noise, recipe={"epochs": 1, "batch_size": 64}).run(context(setting, budget))
+
+    assert not moved(trained(1.0), trained(1.0))
+    assert moved(trained(1.0), trained(0.0))
+
+
 def test_fp_prunes_the_least_active_channels(setting):
     ctx = context(setting, Budget("t", max_epochs=1, max_steps_per_epoch=2))
     original = copy.deepcopy(ctx.backdoored_model).eval()
@@ -185,7 +371,60 @@ def test_fp_prunes_the_least_active_channels(setting):
     assert set(torch.nonzero(mask == 0).flatten().tolist()) == set(activity.argsort()[:pruned].tolist())
 
 
+def test_fp_stops_pruning_at_the_accuracy_limit(setting, monkeypatch):
+    """Pruning stops at the last step within max_drop of the starting holdout accuracy: one more
+    step would have crossed it (so the rule, not the channel count, ended it)."""
+    ctx = context(setting, Budget("t", max_epochs=1, max_steps_per_epoch=1))
+    captured = {}
+    original = Trainer.fit
+
+    def before_fine_tuning(self, model, data, recipe, **kwargs):
+        captured["mask"] = next(m for m in model.modules() if isinstance(m, ChannelMask)).mask.clone()
+        captured["accuracy"] = self.accuracy(model, data)
+        captured["model"] = copy.deepcopy(model)
+        return original(self, model, data, recipe, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", before_fine_tuning)
+    max_drop = 0.05
+    defense("fp", max_drop=max_drop).run(ctx)
+    trainer = ctx.trainer
+    start = trainer.accuracy(ctx.backdoored_model, ctx.holdout)
+    pruned = int(ctx.metrics["pruned_channels"])
+    channels = captured["mask"].numel()
+    assert 0 < pruned < channels - 1
+    assert captured["accuracy"] >= start - max_drop
+    model = captured["model"]
+    mask = next(m for m in model.modules() if isinstance(m, ChannelMask))
+    activity = defense("fp").channel_activity(trainer, model, mask, ctx.holdout)
+    mask.mask[activity.argsort()[: pruned + 1]] = 0  # the step the rule refused
+    assert trainer.accuracy(model, ctx.holdout) < start - max_drop
+
+
 def test_ft_trains_the_backdoored_model_on_the_holdout(setting):
     ctx = context(setting, Budget("t", max_epochs=1, max_steps_per_epoch=2))
     before = copy.deepcopy(ctx.backdoored_model)
     assert moved(defense("ft").run(ctx), before)
+
+
+def test_attacker_training_control_reaches_the_victims_training_and_tnr_stage1_only(tmp_path, monkeypatch):
+    """lba_k's latent loss acts in normal training and T&R's stage 1 (the victim's objective with
+    T&R's terms added), not in ABL's or DP-SGD's own trainings."""
+    from benchbd.config import Layers, parse_set
+    from benchbd.runner import Cache, Results, Runner
+
+    seen = []
+    original = Trainer.fit
+
+    def recording_fit(self, model, data, recipe, **kwargs):
+        seen.append((kwargs.get("desc"), getattr(data, "training_control", None) is not None))
+        return original(self, model, data, recipe, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    layers = Layers(cli=parse_set(["dataset.synthetic.n_train=300", "dataset.synthetic.n_test=50"]))
+    runner = Runner(Results(tmp_path), Cache(tmp_path / "cache"), layers, device="cpu")
+    runner.run(runner.plan(["synthetic"], "lba_12", "none,tnr,abl,dp", [0], "smoke"))
+    assert [row["status"] for row in Results(tmp_path).rows()] == ["ok"] * 4
+    controlled = dict(seen)
+    assert controlled["backdoored"] and controlled["T&R stage 1"]
+    assert not controlled["ABL isolation"] and not controlled["ABL training on the rest"] and not controlled["DP-SGD"]
+    assert not controlled["T&R stage 2"]  # the holdout is clean: no attacker there

@@ -1,7 +1,9 @@
 """Scale and reliability: cells in worker processes and on Ray, artifacts built once under
 concurrency, killed workers, diverging cells."""
+
 import json
 import math
+import os
 import sys
 import textwrap
 import threading
@@ -70,19 +72,43 @@ def rows_by_defense(path):
 
 
 def test_diverging_cell_fails_with_its_reason_and_the_grid_goes_on(plugins, tmp_path):
-    res = invoke("run", *SYN, "--attacks", "badnet_grid,blend", "--defenses", "none,diverger", "--plugin", "scale_plugins",
-                 "--results", tmp_path / "r")
-    assert res.exit_code == 0 and "2 FAILED" in res.output, res.output
+    res = invoke(
+        "run",
+        *SYN,
+        "--attacks",
+        "badnet_grid,blend",
+        "--defenses",
+        "none,diverger",
+        "--plugin",
+        "scale_plugins",
+        "--results",
+        tmp_path / "r",
+    )
+    assert res.exit_code == 1 and "2 FAILED" in res.output, res.output  # a grid with a failed cell exits non-zero
     rows = rows_by_defense(tmp_path / "r")
-    assert {k: r["status"] for k, r in rows.items()} == {("badnet_grid", "none"): "ok", ("blend", "none"): "ok",
-                                                         ("badnet_grid", "diverger"): "failed", ("blend", "diverger"): "failed"}
+    assert {k: r["status"] for k, r in rows.items()} == {
+        ("badnet_grid", "none"): "ok",
+        ("blend", "none"): "ok",
+        ("badnet_grid", "diverger"): "failed",
+        ("blend", "diverger"): "failed",
+    }
     assert "training loss is nan" in rows[("blend", "diverger")]["error"]
     table = invoke("table", "--results", tmp_path / "r").output
     assert "| failed | failed |" in table and "blend / diverger / seed 0: TrainingDiverged" in table
     # the next run retries the failed cells only
-    again = invoke("run", *SYN, "--attacks", "badnet_grid,blend", "--defenses", "none,diverger", "--plugin", "scale_plugins",
-                   "--results", tmp_path / "r")
-    assert "0 cell(s) run, 2 already done, 2 FAILED" in again.output
+    again = invoke(
+        "run",
+        *SYN,
+        "--attacks",
+        "badnet_grid,blend",
+        "--defenses",
+        "none,diverger",
+        "--plugin",
+        "scale_plugins",
+        "--results",
+        tmp_path / "r",
+    )
+    assert "0 cell(s) run, 2 already done, 2 FAILED" in again.output and again.exit_code == 1
 
 
 def test_worker_processes_give_the_serial_grid(tmp_path):
@@ -101,10 +127,25 @@ def test_worker_processes_give_the_serial_grid(tmp_path):
 
 def test_killed_worker_loses_only_its_cell_and_the_rerun_completes(plugins, tmp_path, monkeypatch):
     monkeypatch.setenv("KILLER_TIMES", "1")
-    args = [*SYN, "--attacks", "badnet_grid,blend,sig", "--defenses", "none,killer", "--plugin", "scale_plugins", "--device", "cpu",
-            "--jobs-per-gpu", 2, "--retries", 0, "--results", tmp_path / "r"]
+    args = [
+        *SYN,
+        "--attacks",
+        "badnet_grid,blend,sig",
+        "--defenses",
+        "none,killer",
+        "--plugin",
+        "scale_plugins",
+        "--device",
+        "cpu",
+        "--jobs-per-gpu",
+        2,
+        "--retries",
+        0,
+        "--results",
+        tmp_path / "r",
+    ]
     res = invoke("run", *args)
-    assert res.exit_code == 0 and "5 cell(s) run" in res.output and "1 FAILED" in res.output, res.output
+    assert res.exit_code == 1 and "5 cell(s) run" in res.output and "1 FAILED" in res.output, res.output
     rows = rows_by_defense(tmp_path / "r")
     failed = [r for r in rows.values() if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["defense"] == "killer" and "worker process died (exit code -9)" in failed[0]["error"]
@@ -120,17 +161,32 @@ def test_killed_worker_loses_only_its_cell_and_the_rerun_completes(plugins, tmp_
 
 def test_killed_worker_is_retried_in_the_same_run(plugins, tmp_path, monkeypatch):
     monkeypatch.setenv("KILLER_TIMES", "1")
-    res = invoke("run", *SYN, "--defenses", "killer", "--plugin", "scale_plugins", "--device", "cpu", "--jobs-per-gpu", 2,
-                 "--results", tmp_path / "r")
+    res = invoke(
+        "run",
+        *SYN,
+        "--defenses",
+        "killer",
+        "--plugin",
+        "scale_plugins",
+        "--device",
+        "cpu",
+        "--jobs-per-gpu",
+        2,
+        "--results",
+        tmp_path / "r",
+    )
     assert res.exit_code == 0 and "1 cell(s) run, 0 already done; results" in res.output, res.output
     assert (tmp_path / "kills").read_text() == "1"
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--executor", "rey"], "unknown executor 'rey' (did you mean 'ray'?)"),
-    (["--jobs-per-gpu", "0"], "--jobs-per-gpu 0 is invalid"),
-    (["--retries", "-1"], "--retries -1 is invalid"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--executor", "rey"], "unknown executor 'rey' (did you mean 'ray'?)"),
+        (["--jobs-per-gpu", "0"], "--jobs-per-gpu 0 is invalid"),
+        (["--retries", "-1"], "--retries -1 is invalid"),
+    ],
+)
 def test_bad_executor_options_are_one_line(args, message, tmp_path):
     res = CliRunner().invoke(main, ["run", *SYN, "--results", str(tmp_path), *args])
     assert res.exit_code == 2 and res.output.count("\n") == 1 and message in res.output, res.output
@@ -158,8 +214,12 @@ def test_interleave_starts_different_artifacts_first(tmp_path):
     from benchbd.config import Layers, parse_set
     from benchbd.runner import Runner
 
-    runner = Runner(Results(tmp_path), Cache(tmp_path), Layers(cli=parse_set(["dataset.synthetic.n_train=300", "dataset.synthetic.n_test=100"])),
-                    device="cpu")
+    runner = Runner(
+        Results(tmp_path),
+        Cache(tmp_path),
+        Layers(cli=parse_set(["dataset.synthetic.n_train=300", "dataset.synthetic.n_test=100"])),
+        device="cpu",
+    )
     cells = runner.plan(["synthetic"], "badnet_grid,blend,sig", "none,ft,nad", [0], "smoke")
     order = interleave(cells)
     assert [c.attack.name for c in order[:3]] == ["badnet_grid", "blend", "sig"] and sorted(map(id, order)) == sorted(map(id, cells))
@@ -185,9 +245,14 @@ def test_queue_progress_batches_steps():
 def local_ray(plugins, tmp_path):
     import ray  # in benchbd[dev]
 
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
-             runtime_env={"env_vars": {"PYTHONPATH": f"{plugins}:{':'.join(p for p in sys.path if p)}", "KILLER_DIR": str(tmp_path),
-                                       "KILLER_TIMES": "1"}})
+    ray.init(
+        num_cpus=2,
+        include_dashboard=False,
+        log_to_driver=False,
+        runtime_env={
+            "env_vars": {"PYTHONPATH": f"{plugins}:{':'.join(p for p in sys.path if p)}", "KILLER_DIR": str(tmp_path), "KILLER_TIMES": "1"}
+        },
+    )
     yield ray
     ray.shutdown()
 
@@ -212,8 +277,9 @@ def test_ray_executor_gives_the_same_results_directory(local_ray, tmp_path, monk
 
 
 def test_bench_compares_with_the_reference_loop_and_concurrent_cells():
-    res = CliRunner().invoke(main, ["bench", "--device", "cpu", "--images", "128", "--batch", "32", "--epochs", "1", "--workers", "0",
-                                    "--concurrent", "2"])
+    res = CliRunner().invoke(
+        main, ["bench", "--device", "cpu", "--images", "128", "--batch", "32", "--epochs", "1", "--workers", "0", "--concurrent", "2"]
+    )
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
     assert lines[1].startswith("reference loop :") and lines[2].startswith("benchbd trainer:") and lines[3].startswith("2 at once     :")
@@ -229,11 +295,60 @@ def test_workers_share_the_dataset_instead_of_copying_it(tmp_path):
     from benchbd.runner import Runner
     from benchbd.runner.executors import LocalProcesses
 
-    runner = Runner(Results(tmp_path), Cache(tmp_path / "cache"),
-                    Layers(cli=parse_set(["dataset.synthetic.n_train=300", "dataset.synthetic.n_test=100"])), device="cpu")
+    runner = Runner(
+        Results(tmp_path),
+        Cache(tmp_path / "cache"),
+        Layers(cli=parse_set(["dataset.synthetic.n_train=300", "dataset.synthetic.n_test=100"])),
+        device="cpu",
+    )
     cells = runner.plan(["synthetic"], "badnet_grid,blend", "none", [0], "smoke")
     assert not cells[0].data.train.images.is_shared()
     written = runner.run(cells, executor=LocalProcesses(["cpu"], 2))
     assert len(written) == 2 and all(r["status"] == "ok" for r in written)
     # the workers received the training images through shared memory: the driver's tensor now lives there
     assert cells[0].data.train.images.is_shared() and cells[1].data.train.images.data_ptr() == cells[0].data.train.images.data_ptr()
+
+
+def test_ctrl_c_with_workers_is_one_line_and_keeps_finished_cells(tmp_path):
+    """Ctrl-C goes to the whole process group (driver and workers): no worker traceback, exit 130."""
+    import signal
+    import subprocess
+    import sys
+
+    results = tmp_path / "r"
+    command = [
+        sys.executable,
+        "-m",
+        "benchbd",
+        "run",
+        "--dataset",
+        "synthetic",
+        "--set",
+        "dataset.synthetic.n_train=2000",
+        "--budget",
+        "demo",
+        "--attacks",
+        "badnet_grid,blend",
+        "--defenses",
+        "none",
+        "--device",
+        "cpu",
+        "--jobs-per-device",
+        "2",
+        "--results",
+        str(results),
+    ]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    lines = []
+    while time.monotonic() < deadline:  # wait until both workers train
+        line = process.stderr.readline()
+        lines.append(line)
+        if sum("| backdoored | epoch" in seen for seen in lines) >= 2:
+            break
+    os.killpg(process.pid, signal.SIGINT)
+    out, err = process.communicate(timeout=60)
+    err = "".join(lines) + err
+    assert process.returncode == 130, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert "interrupted: every finished cell's row is kept" in err

@@ -1,5 +1,6 @@
 """Named experiments (the paper's Tables 1-12 as YAML), their tables beside the paper's values,
 the clean pseudo-attack, the defender's holdout size, T&R's reconstruction MSE, and the figures."""
+
 import io
 import json
 import math
@@ -23,10 +24,32 @@ from benchbd.runner import Cache, Results, Runner
 from .test_cli import SYN, invoke
 
 # Synthetic data with a holdout large enough for Table 9's 1,250 images.
-BIG = ["--dataset", "synthetic", "--set", "dataset.synthetic.n_train=2600", "--set", "dataset.synthetic.n_test=100",
-       "--set", "dataset.holdout_fraction=0.5", "--budget", "smoke", "--quiet"]
-PAPER_TABLES = {"table1": 1, "table2": 2, "table3": 3, "table4": 4, "table5": 5, "table7": 7, "table8": 8, "table9": 9,
-                "table10": 10, "table11": 11, "table12": 12}
+BIG = [
+    "--dataset",
+    "synthetic",
+    "--set",
+    "dataset.synthetic.n_train=2600",
+    "--set",
+    "dataset.synthetic.n_test=100",
+    "--set",
+    "dataset.holdout_fraction=0.5",
+    "--budget",
+    "smoke",
+    "--quiet",
+]
+PAPER_TABLES = {
+    "table1": 1,
+    "table2": 2,
+    "table3": 3,
+    "table4": 4,
+    "table5": 5,
+    "table7": 7,
+    "table8": 8,
+    "table9": 9,
+    "table10": 10,
+    "table11": 11,
+    "table12": 12,
+}
 
 
 def test_every_paper_table_has_an_experiment():
@@ -36,8 +59,12 @@ def test_every_paper_table_has_an_experiment():
 
 
 def _plan(name: str, tmp_path, sets=()):
-    runner = Runner(Results(tmp_path), Cache(tmp_path / "cache"), Layers(cli=parse_set([
-        "dataset.synthetic.n_train=2600", "dataset.synthetic.n_test=100", "dataset.holdout_fraction=0.5", *sets])), device="cpu")
+    runner = Runner(
+        Results(tmp_path),
+        Cache(tmp_path / "cache"),
+        Layers(cli=parse_set(["dataset.synthetic.n_train=2600", "dataset.synthetic.n_test=100", "dataset.holdout_fraction=0.5", *sets])),
+        device="cpu",
+    )
     return experiments.plan(experiments.load(name), runner, "smoke", datasets=["synthetic"])
 
 
@@ -98,8 +125,15 @@ def test_table8_weights_and_shared_default_cell(tmp_path):
     cells, members = _plan("table8", tmp_path)
     by_key = {c.key: c for c in cells}
     weights = {col: (by_key[keys[0]].defense.params.rec_weight, by_key[keys[0]].defense.params.tv_weight) for col, keys in members.items()}
-    assert weights == {"l1=0": (0, 0), "l1=1": (1, 0.1), "l1=10 (default)": (10, 1), "l1=20": (20, 2),
-                       "l2=0": (10, 0), "l2=0.1 (default)": (10, 1), "l2=1": (10, 10)}
+    assert weights == {
+        "l1=0": (0, 0),
+        "l1=1": (1, 0.1),
+        "l1=10 (default)": (10, 1),
+        "l1=20": (20, 2),
+        "l2=0": (10, 0),
+        "l2=0.1 (default)": (10, 1),
+        "l2=1": (10, 10),
+    }
     assert members["l1=10 (default)"] == members["l2=0.1 (default)"] and len(cells) == 6
 
 
@@ -161,16 +195,31 @@ def test_table10_clean_attack_has_no_asr(all_run):
     results, _ = all_run
     res = invoke("table", "--results", results, "--experiment", "table10")
     assert res.exit_code == 0, res.output
-    line = next(l for l in res.output.splitlines() if l.startswith("| clean"))
+    line = next(row for row in res.output.splitlines() if row.startswith("| clean"))
     cells = [c.strip() for c in line.strip("|").split("|")]
     assert cells[1::2] == ["–"] * 4  # ASR undefined without a trigger
     assert all(float(c.strip("*")) >= 0 for c in cells[2::2])
 
 
 def test_experiment_compare_paper_on_a_cifar_slice(tmp_path):
-    res = invoke("run", "--experiment", "table9", "--dataset", "cifar10-mini", "--set", "dataset.cifar10-mini.limit_train=2600",
-                 "--set", "dataset.cifar10-mini.limit_test=100", "--set", "dataset.holdout_fraction=0.5", "--budget", "smoke", "--quiet",
-                 "--results", tmp_path)
+    res = invoke(
+        "run",
+        "--experiment",
+        "table9",
+        "--dataset",
+        "cifar10-mini",
+        "--set",
+        "dataset.cifar10-mini.limit_train=2600",
+        "--set",
+        "dataset.cifar10-mini.limit_test=100",
+        "--set",
+        "dataset.holdout_fraction=0.5",
+        "--budget",
+        "smoke",
+        "--quiet",
+        "--results",
+        tmp_path,
+    )
     assert res.exit_code == 0, res.output
     res = invoke("table", "--results", tmp_path, "--experiment", "table9", "--compare", "paper", "--format", "csv")
     assert res.exit_code == 0, res.output
@@ -184,8 +233,10 @@ def test_main_grid_and_experiment_share_cells_and_cache(tmp_path):
     assert res.exit_code == 0
     res = invoke("run", "--experiment", "table4", *SYN, "--attacks", "sig", "--results", tmp_path)
     assert res.exit_code == 0 and "2 cell(s) run, 1 already done" in res.output
-    cached = {(r["params"]["defense"]["rec_weight"], r["params"]["defense"]["replace_head"]): r["cached"]["poisoned_split"]
-              for r in Results(tmp_path).rows()}
+    cached = {
+        (r["params"]["defense"]["rec_weight"], r["params"]["defense"]["replace_head"]): r["cached"]["poisoned_split"]
+        for r in Results(tmp_path).rows()
+    }
     assert cached == {(10, True): False, (0, True): True, (10, False): True}  # one poisoned split for all three
 
 
@@ -198,21 +249,32 @@ def test_seeds_give_mean_and_std(tmp_path):
 
 def test_user_experiment_file(tmp_path):
     path = tmp_path / "mine.yaml"
-    path.write_text("title: Fine-pruning against fine-tuning\ndatasets: [synthetic]\nattacks: [blend]\n"
-                    "columns:\n  - ft\n  - {name: fp-gentle, defense: fp, set: {defense.fp.max_drop: 0.02}}\n")
+    path.write_text(
+        "title: Fine-pruning against fine-tuning\ndatasets: [synthetic]\nattacks: [blend]\n"
+        "columns:\n  - ft\n  - {name: fp-gentle, defense: fp, set: {defense.fp.max_drop: 0.02}}\n"
+    )
     res = invoke("run", "--experiment", path, *SYN[2:], "--results", tmp_path / "r")
     assert res.exit_code == 0, res.output
     out = invoke("table", "--results", tmp_path / "r", "--experiment", path).output
     assert "fp-gentle ASR" in out and "ft ASR" in out and "Fine-pruning against fine-tuning" in out
 
 
-@pytest.mark.parametrize("text, message", [
-    ("datasets: [synthetic]\nattacks: [blend]\ncolums: [ft]\n", "unknown key 'colums'.*did you mean 'columns'"),
-    ("datasets: [synthetic]\nattacks: [blend]\ncolumns:\n  - {defense: tnr, set: {tnr.split: 4}}\n", "malformed 'set' of column 'tnr', key 'tnr.split'"),
-    ("datasets: [synthetic]\nattacks: [blend]\ncolumns:\n  - {defense: tnr, set: {defense.tnr.splt: 4}}\n", "column 'tnr'.*did you mean 'split'"),
-    ("datasets: [synthetic]\nattacks: [blnd]\ncolumns: [tnr]\n", "unknown attack 'blnd'"),
-    ("datasets: [synthetic]\nattacks: [blend]\ncolumns: [tnr, tnr]\n", "column names must differ"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("datasets: [synthetic]\nattacks: [blend]\ncolums: [ft]\n", "unknown key 'colums'.*did you mean 'columns'"),
+        (
+            "datasets: [synthetic]\nattacks: [blend]\ncolumns:\n  - {defense: tnr, set: {tnr.split: 4}}\n",
+            "malformed 'set' of column 'tnr', key 'tnr.split'",
+        ),
+        (
+            "datasets: [synthetic]\nattacks: [blend]\ncolumns:\n  - {defense: tnr, set: {defense.tnr.splt: 4}}\n",
+            "column 'tnr'.*did you mean 'split'",
+        ),
+        ("datasets: [synthetic]\nattacks: [blnd]\ncolumns: [tnr]\n", "unknown attack 'blnd'"),
+        ("datasets: [synthetic]\nattacks: [blend]\ncolumns: [tnr, tnr]\n", "column names must differ"),
+    ],
+)
 def test_bad_experiment_file_is_one_line(text, message, tmp_path):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
@@ -220,13 +282,19 @@ def test_bad_experiment_file_is_one_line(text, message, tmp_path):
     assert res.exit_code == 2 and res.output.count("\n") == 1 and re.search(message, res.output), res.output
 
 
-@pytest.mark.parametrize("args, message", [
-    (["run", "--experiment", "tabel4"], "unknown experiment 'tabel4' (did you mean 'table4'?)"),
-    (["run", "--experiment", "table4", "--defenses", "tnr"], "--defenses cannot be combined with --experiment"),
-    (["run", "--experiment", "table9", *SYN], "holdout_size=250 is more than the holdout of synthetic (15 images"),
-    (["run", *SYN, "--set", "attack.poison_rato=0.1"], "unknown parameter 'attack.poison_rato' in --set: no attack has it (did you mean 'poison_ratio'?)"),
-    (["table", "--experiment", "table4"], "no results of experiment table4"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["run", "--experiment", "tabel4"], "unknown experiment 'tabel4' (did you mean 'table4'?)"),
+        (["run", "--experiment", "table4", "--defenses", "tnr"], "--defenses cannot be combined with --experiment"),
+        (["run", "--experiment", "table9", *SYN], "holdout_size=250 is more than the holdout of synthetic (15 images"),
+        (
+            ["run", *SYN, "--set", "attack.poison_rato=0.1"],
+            "unknown parameter 'attack.poison_rato' in --set: no attack has it (did you mean 'poison_ratio'?)",
+        ),
+        (["table", "--experiment", "table4"], "no results of experiment table4"),
+    ],
+)
 def test_bad_experiment_use_is_one_line(args, message, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     (tmp_path / "results").mkdir()
@@ -269,16 +337,34 @@ def test_holdout_size_limits_what_the_defense_sees(tmp_path):
 
 def test_recon_mse_is_measured_on_the_holdout(tmp_path):
     assert invoke("run", *SYN, "--attacks", "blend", "--defenses", "tnr", "--results", tmp_path).exit_code == 0
-    assert invoke("run", *SYN, "--attacks", "blend", "--defenses", "tnr", "--set", "defense.tnr.rec_weight=0",
-                  "--set", "defense.tnr.tv_weight=0", "--results", tmp_path).exit_code == 0
+    assert (
+        invoke(
+            "run",
+            *SYN,
+            "--attacks",
+            "blend",
+            "--defenses",
+            "tnr",
+            "--set",
+            "defense.tnr.rec_weight=0",
+            "--set",
+            "defense.tnr.tv_weight=0",
+            "--results",
+            tmp_path,
+        ).exit_code
+        == 0
+    )
     metrics = {r["params"]["defense"]["rec_weight"]: r["metrics"] for r in Results(tmp_path).rows()}
     assert 0 < metrics[10]["recon_mse"] < 0.5 and "recon_mse" not in metrics[0]
 
 
 def test_variant_syntax():
     column = experiments.Column.parse("tnr[rec_weight=0, tv_weight=0.5, replace_head=false]")
-    assert column.defense == "tnr" and column.sets == (("defense.tnr.rec_weight", 0), ("defense.tnr.tv_weight", 0.5),
-                                                      ("defense.tnr.replace_head", False))
+    assert column.defense == "tnr" and column.sets == (
+        ("defense.tnr.rec_weight", 0),
+        ("defense.tnr.tv_weight", 0.5),
+        ("defense.tnr.replace_head", False),
+    )
     assert experiments.Column.parse("none").sets == ()
     with pytest.raises(BenchbdError, match="malformed defense"):
         experiments.Column.parse("tnr[rec_weight]")
@@ -294,7 +380,7 @@ def test_pca_projection_recovers_known_directions():
     features = a * u + b * v + 0.01 * torch.randn(500, 40, generator=g) + 5.0  # offset: the projection must centre
     coords, explained = plots.pca_projection(features.reshape(500, 10, 2, 2))
     assert coords.shape == (500, 2)
-    assert torch.allclose(coords[:, 0], (a - a.mean()).flatten(), atol=0.05)   # PC1 = u, sign fixed positive
+    assert torch.allclose(coords[:, 0], (a - a.mean()).flatten(), atol=0.05)  # PC1 = u, sign fixed positive
     assert torch.allclose(coords[:, 1], (b - b.mean()).flatten(), atol=0.05)
     expected = torch.tensor([a.var(), b.var()]) / (a.var() + b.var())
     assert torch.allclose(explained, expected, atol=0.01)
@@ -312,11 +398,24 @@ def test_plot_pca_writes_two_panels(tmp_path, monkeypatch):
 
 
 def test_plot_pca_versus_a_variant_and_bad_source(tmp_path):
-    res = invoke("plot", "pca", *SYN[:-1], "--versus", "tnr[rec_weight=0, tv_weight=0]", "--results", tmp_path / "r",
-                 "--out", tmp_path / "f.png", "--quiet")
+    res = invoke(
+        "plot",
+        "pca",
+        *SYN[:-1],
+        "--versus",
+        "tnr[rec_weight=0, tv_weight=0]",
+        "--results",
+        tmp_path / "r",
+        "--out",
+        tmp_path / "f.png",
+        "--quiet",
+    )
     assert res.exit_code == 0, res.output
     res = invoke_error("plot", "pca", *SYN, "--source", "0", "--results", tmp_path / "r", "--out", tmp_path / "g.png")
     assert res.exit_code == 2 and "--source 0 is invalid" in res.output
+    # checked before anything trains: a fresh results directory stays without rows or cache
+    res = invoke_error("plot", "pca", *SYN, "--source", "99", "--results", tmp_path / "fresh", "--out", tmp_path / "g.png")
+    assert res.exit_code == 2 and "--source 99 is invalid" in res.output and not (tmp_path / "fresh" / "cache").exists()
 
 
 def test_plot_recon_and_scatter(tmp_path):
@@ -332,19 +431,23 @@ def test_plot_recon_and_scatter(tmp_path):
 def test_tnr_stage1_is_shared_by_cells_that_differ_only_after_it(tmp_path):
     base = ["run", *BIG, "--attacks", "blend", "--defenses", "tnr", "--results", tmp_path]
     assert invoke(*base).exit_code == 0
-    assert invoke(*base, "--set", "dataset.holdout_size=100").exit_code == 0          # Table 9: only the defender's data differs
-    assert invoke(*base, "--set", "defense.tnr.replace_head=false").exit_code == 0    # Table 4: stage 1 alone
-    assert invoke(*base, "--set", "defense.tnr.stage2.lr=0.01").exit_code == 0        # stage 2 settings
-    assert invoke(*base, "--set", "defense.tnr.rec_weight=1").exit_code == 0          # a stage-1 setting: trains anew
+    assert invoke(*base, "--set", "dataset.holdout_size=100").exit_code == 0  # Table 9: only the defender's data differs
+    assert invoke(*base, "--set", "defense.tnr.replace_head=false").exit_code == 0  # Table 4: stage 1 alone
+    assert invoke(*base, "--set", "defense.tnr.stage2.lr=0.01").exit_code == 0  # stage 2 settings
+    assert invoke(*base, "--set", "defense.tnr.rec_weight=1").exit_code == 0  # a stage-1 setting: trains anew
     hits = sorted((r["params"]["defense"]["rec_weight"], r["cached"]["stage1"]) for r in Results(tmp_path).rows())
     assert hits == [(1, False), (10, False), (10, True), (10, True), (10, True)]
     assert len(list((tmp_path / "cache" / "tnr_stage1").glob("*.pt"))) == 2
 
 
 def test_cached_stage1_gives_the_same_defended_model(tmp_path):
-    runner = Runner(Results(tmp_path), Cache(tmp_path / "cache"), Layers(cli=parse_set(["dataset.synthetic.n_train=300",
-                    "dataset.synthetic.n_test=100"])), device="cpu")
-    cell, = runner.plan(["synthetic"], "blend", "tnr", [0], "smoke")
+    runner = Runner(
+        Results(tmp_path),
+        Cache(tmp_path / "cache"),
+        Layers(cli=parse_set(["dataset.synthetic.n_train=300", "dataset.synthetic.n_test=100"])),
+        device="cpu",
+    )
+    (cell,) = runner.plan(["synthetic"], "blend", "tnr", [0], "smoke")
     trained, loaded = runner.defend(cell), runner.defend(cell)
     assert trained.cached["stage1"] is False and loaded.cached["stage1"] is True
     images = trained.splits.test.images

@@ -53,6 +53,46 @@ def test_every_model_is_stem_then_head(name):
     assert net(x).shape == (2, 7)
 
 
+def test_wrn_decoders_are_the_official_ones():
+    """wideresnet_ae.py: split 4 (32x16x16) ConvT(32->32, k4, s2), ReLU, ConvT(32->3, k3, s1), Sigmoid;
+    splits 5 and 6 (64x8x8) ConvT(64->32, k4, s2), ReLU, ConvT(32->3, k4, s2), Sigmoid."""
+    net = create_model("wrn16_1", 10)
+    layout = {
+        split: [
+            (
+                type(m).__name__,
+                getattr(m, "in_channels", None),
+                getattr(m, "out_channels", None),
+                getattr(m, "kernel_size", None),
+                getattr(m, "stride", None),
+            )
+            for m in net.decoder(split)
+        ]
+        for split in (4, 5, 6)
+    }
+    assert layout[4] == [
+        ("ConvTranspose2d", 32, 32, (4, 4), (2, 2)),
+        ("ReLU", None, None, None, None),
+        ("ConvTranspose2d", 32, 3, (3, 3), (1, 1)),
+        ("Sigmoid", None, None, None, None),
+    ]
+    assert (
+        layout[5]
+        == layout[6]
+        == [
+            ("ConvTranspose2d", 64, 32, (4, 4), (2, 2)),
+            ("ReLU", None, None, None, None),
+            ("ConvTranspose2d", 32, 3, (4, 4), (2, 2)),
+            ("Sigmoid", None, None, None, None),
+        ]
+    )
+    x = torch.rand(2, 3, 32, 32)
+    assert net.decoder(4)(net.stem(4)(x)).shape == x.shape
+    assert net.decodable_splits() == [3, 4, 5, 6]
+    with pytest.raises(ValueError, match=r"split=2 keeps the input resolution: no decoder; valid splits \[3, 4, 5, 6\]"):
+        net.decoder(2)
+
+
 def test_resnet34_split_and_decoder():
     net = create_model("resnet34", 12)
     assert net.stem_shape(15) == (512, 7, 7)

@@ -1,4 +1,5 @@
 """Progress a person can follow in a log file, and a run bounded by time (--time-limit)."""
+
 import io
 import re
 
@@ -23,7 +24,9 @@ def test_a_run_without_a_terminal_prints_plain_lines(tmp_path):
     log = res.stderr
     assert f"grid: 2 cell(s); one result row per finished cell in {tmp_path / 'r'}/rows/" in log
     # one line per training epoch: cell, stage, epoch k/n with its loss, images/s, ETA
-    assert re.search(r"cell synthetic / badnet_grid / none / seed 0 \| backdoored \| epoch 1/1 loss \d+\.\d+ \| \d+ images/s \| ETA \S+", log)
+    assert re.search(
+        r"cell synthetic / badnet_grid / none / seed 0 \| backdoored \| epoch 1/1 loss \d+\.\d+ \| \d+ images/s \| ETA \S+", log
+    )
     assert re.search(r"\| fine-tuning \| epoch 1/1 loss", log)
     # one line per finished cell: ASR, CA, wall time, and the grid's progress
     assert re.search(r"cell synthetic / badnet_grid / none / seed 0: ASR \d+\.\d+  CA \d+\.\d+  \(\d+s\); grid 1/2, ETA \S+", log)
@@ -69,8 +72,7 @@ def test_time_limit_lets_the_cell_in_flight_finish(tmp_path, monkeypatch):
 
     monkeypatch.setattr(Runner, "safe_run_cell", run_then_expire)
     results = tmp_path / "r"
-    res = invoke("run", *SYN, "--quiet", "--attacks", "badnet_grid", "--defenses", "none,ft,fp", "--results", results,
-                 "--time-limit", "1h")
+    res = invoke("run", *SYN, "--quiet", "--attacks", "badnet_grid", "--defenses", "none,ft,fp", "--results", results, "--time-limit", "1h")
     assert res.exit_code == 0, res.output
     assert len(Results(results).rows()) == 1
     assert "1 cell(s) run, 0 already done" in res.output and "time limit 1h reached: 2 cell(s) left" in res.output
@@ -87,3 +89,93 @@ def test_bad_time_limit_is_one_line(text, tmp_path):
         _parse_duration(text)
     res = invoke("run", *SYN, "--results", tmp_path / "r", "--time-limit", text)
     assert res.exit_code == 2 and "Traceback" not in res.output and "bad --time-limit" in res.output
+
+
+def test_gpu_check_rehearses_on_the_cpu(tmp_path):
+    """tools/gpu_check.py end to end at `smoke` on synthetic data: every step runs, 6 files come back."""
+    import subprocess
+    import sys
+    import tarfile
+
+    from .conftest import REPO
+
+    out = tmp_path / "out"
+    command = [
+        sys.executable,
+        str(REPO / "tools" / "gpu_check.py"),
+        str(out),
+        "--work",
+        str(tmp_path / "work"),
+        "--device",
+        "cpu",
+        "--dataset",
+        "synthetic",
+        "--budget",
+        "smoke",
+        "--attacks",
+        "badnet_grid",
+        "--defenses",
+        "none,tnr",
+        "--jobs",
+        "2",
+        "--bench-images",
+        "256",
+        "--time-limit",
+        "20m",
+        "--set",
+        "dataset.synthetic.n_train=300",
+        "--set",
+        "dataset.synthetic.n_test=100",
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stdout + done.stderr + "".join(p.read_text() for p in out.glob("*.log"))
+    assert sorted(p.name for p in out.iterdir()) == ["bench.txt", "cuda_tests.log", "rows.tar.gz", "run.log", "summary.txt", "table.md"]
+    summary = (out / "summary.txt").read_text()
+    assert "cuda tests: exit 0" in summary and "grid: exit 0" in summary and "rows: 2 in rows.tar.gz" in summary
+    assert "skipped" in (out / "cuda_tests.log").read_text()  # no GPU here: the cuda tests are collected and skipped
+    assert "ratio" in (out / "bench.txt").read_text()
+    with tarfile.open(out / "rows.tar.gz") as archive:
+        assert len([n for n in archive.getnames() if n.endswith(".json")]) == 2
+    assert "| badnet_grid |" in (out / "table.md").read_text()
+
+
+def test_rich_grid_eta_appears_once_a_cell_has_finished():
+    """Cells take minutes to hours: the grid's ETA must come from the cells finished so far, not a
+    30-second window that holds no progress."""
+    from rich.console import Console
+
+    from benchbd.progress import RichProgress
+
+    now = [0.0]
+    progress = RichProgress(Console(file=io.StringIO()), get_time=lambda: now[0])
+    with progress:
+        progress.start_grid(3)
+        grid = progress.bars.tasks[0]
+        progress.start_cell("a")
+        assert grid.fields["info"] == ""
+        now[0] = 1800.0  # a 30-minute cell
+        progress.end_cell("ASR 1.00  CA 80.00")
+        assert grid.completed == 1 and grid.fields["info"] == "ETA 1h00m"  # two cells left at 30 minutes each
+
+
+def test_every_cli_option_has_help_and_clean_is_not_dirty():
+    import click
+
+    def options(command, prefix="benchbd"):
+        if isinstance(command, click.Group):
+            for name, sub in command.commands.items():
+                yield from options(sub, f"{prefix} {name}")
+        for param in command.params:
+            if isinstance(param, click.Option):
+                yield prefix, param
+
+    missing = [f"{where} {param.opts[0]}" for where, param in options(main) if not param.help]
+    assert missing == []
+    res = CliRunner().invoke(main, ["list", "attacks"], env={"COLUMNS": "200"})
+    clean = next(line for line in res.output.splitlines() if "│ clean " in line)
+    assert "none (no attack)" in clean and "dirty" not in clean
+
+
+def test_list_fits_an_80_column_terminal():
+    res = CliRunner().invoke(main, ["list", "defenses"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0 and max(len(line) for line in res.output.splitlines()) <= 80

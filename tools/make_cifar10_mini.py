@@ -6,6 +6,7 @@ Takes the first 5,000 training and 1,000 test images (the packed copy is in a fi
 order, so these are a fair sample) and stores them as lossless WebP mosaics, 100 tiles a row,
 plus int64 labels: the pixels are exactly those of the packed copy.
 """
+
 import json
 import sys
 from pathlib import Path

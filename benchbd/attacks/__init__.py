@@ -1,8 +1,20 @@
 """Attacks: `names()`, `create(name, dataset=..., **params)`, and the registry."""
+
 from __future__ import annotations
 
 from . import (  # noqa: F401  (registration)
-    badnet_grid, badnet_white, blend, clean, l0_invisible, l2_invisible, lba, lcba, sig, smooth, trojan_sq, trojan_wm,
+    badnet_grid,
+    badnet_white,
+    blend,
+    clean,
+    l0_invisible,
+    l2_invisible,
+    lba,
+    lcba,
+    sig,
+    smooth,
+    trojan_sq,
+    trojan_wm,
 )
 from .base import ATTACKS, Attack, AttackParams, AttackTools
 
@@ -22,7 +34,10 @@ def create(name: str, dataset: str = "cifar10", num_classes: int | None = None, 
     source = DATASETS.get(dataset) if dataset in DATASETS else None
     num_classes = num_classes or getattr(source, "num_classes", None) or 10
     image_size = image_size or getattr(source, "image_size", None) or 32
-    return cls(Layers().params("attack", canonical, dataset, cls.Params, **params), num_classes, image_size, canonical)
+    layers = Layers()
+    attack = cls(layers.params("attack", canonical, dataset, cls.Params, **params), num_classes, image_size, canonical)
+    attack.resolve_parts(lambda other: layers.params("attack", other, dataset, ATTACKS.get(other).Params))
+    return attack
 
 
 __all__ = ["ATTACKS", "Attack", "AttackParams", "AttackTools", "create", "names"]

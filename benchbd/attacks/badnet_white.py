@@ -1,4 +1,5 @@
 """BadNet-White: a white square near the bottom-right corner (I-BAU and T&R code)."""
+
 from __future__ import annotations
 
 import torch

@@ -3,13 +3,14 @@
 Triggers act on the stored uint8 images [N, H, W, 3] before any augmentation; arithmetic is in
 float, then rounded and clipped to [0, 255] (the official code truncates).
 """
+
 from __future__ import annotations
 
 import abc
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable
+from typing import Callable, Protocol
 
 import numpy as np
 import torch
@@ -40,9 +41,9 @@ class AttackParams:
 class AttackTools:
     """What an attack that trains a model of its own (lcba's surrogate) gets from the runner."""
 
-    trainer: object                                   # benchbd.train.Trainer of the cell
-    clean_train: Split                                # the training split before poisoning
-    train_cached: Callable[[str, Split], nn.Module]   # (purpose, data) -> a model normally trained on data, cached
+    trainer: object  # benchbd.train.Trainer of the cell
+    clean_train: Split  # the training split before poisoning
+    train_cached: Callable[[str, Split], nn.Module]  # (purpose, data) -> a model normally trained on data, cached
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -69,16 +70,34 @@ def resize_hwc(pattern: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(pattern.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
 
 
+class TrainingControl(Protocol):
+    """What an attack that controls training does in every step of a run on its poisoned split."""
+
+    def attach(self, model: nn.Module) -> None:
+        """Before the run (e.g. register forward hooks on `model`)."""
+
+    def detach(self) -> None:
+        """After the run, also when it fails."""
+
+    def loss(self, y: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor:
+        """The extra loss of the step whose forward pass just ran (labels, poison mask of the batch)."""
+
+
 class Attack(abc.ABC):
     """Subclasses set `Params` and implement `apply`; `poison` is shared by all."""
 
     Params = AttackParams
     clean_label = False
-    in_all = True                     # expanded by `--attacks all`
-    version = 1                       # bump when the trigger changes: cached poisoned splits are rebuilt
+    in_all = True  # expanded by `--attacks all`
+    version = 1  # bump when the trigger changes: cached poisoned splits are rebuilt
     assets: tuple[str, ...] = ()
     image_sizes: tuple[int, ...] | None = (32,)  # image sizes this trigger is defined for (None: any)
-    trains_surrogate = False          # poisoning trains a model through AttackTools (lcba)
+    trains_surrogate = False  # poisoning trains a model through AttackTools (lcba)
+
+    @classmethod
+    def label_kind(cls) -> str:
+        """How the poisoned samples are labelled: 'clean' (kept) or 'dirty' (the target)."""
+        return "clean" if cls.clean_label else "dirty"
 
     def __init__(self, params: AttackParams, num_classes: int, image_size: int, name: str = ""):
         self.params = params
@@ -88,8 +107,10 @@ class Attack(abc.ABC):
         if params.target >= num_classes:
             raise BenchbdError(f"attack.{self.name}.target={params.target} is out of range: valid 0..{num_classes - 1}")
         if self.image_sizes is not None and image_size not in self.image_sizes:
-            raise BenchbdError(f"attack {self.name} has no trigger for {image_size}x{image_size} images; "
-                               f"it is defined for sizes {', '.join(map(str, self.image_sizes))}")
+            raise BenchbdError(
+                f"attack {self.name} has no trigger for {image_size}x{image_size} images; "
+                f"it is defined for sizes {', '.join(map(str, self.image_sizes))}"
+            )
 
     @abc.abstractmethod
     def apply(self, images: torch.Tensor) -> torch.Tensor:
@@ -99,9 +120,16 @@ class Attack(abc.ABC):
         """The training-time trigger; the test-time one unless an attack differs (lcba)."""
         return self.apply(images)
 
-    # An attack that controls training (lba_k) sets this to a function
-    # (model, x, y, poisoned_mask) -> extra loss, added whenever a model trains on its poisoned split.
-    training_loss: Callable[[nn.Module, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+    # An attack that controls the victim's training (lba_k) sets this to a TrainingControl: the
+    # trainer attaches it to the model for each training run on the attack's poisoned split that the
+    # attacker controls, and adds its loss after each step's forward pass.
+    training_control: "TrainingControl | None" = None
+
+    def resolve_parts(self, params_of: Callable[[str], AttackParams]) -> None:
+        """Attacks built from other registered attacks (lba_k's trigger) resolve those attacks'
+        parameters here: `params_of(name)` gives them through the same layers as any attack
+        (registry.yaml, per-dataset values, user file, --set). Called by the runner and by
+        `attacks.create` after construction."""
 
     def identity(self) -> dict:
         """Everything that determines the poisoned split, for cache keys."""
@@ -117,8 +145,10 @@ class Attack(abc.ABC):
         n_poison = int(self.params.poison_ratio * full_train_size)
         pool = torch.nonzero(train.labels == target if self.clean_label else train.labels != target).flatten()
         if not self.clean_label and n_poison > len(pool):
-            raise BenchbdError(f"attack.{self.name}.poison_ratio={self.params.poison_ratio} asks for {n_poison} poisoned images "
-                               f"but only {len(pool)} non-target training images exist")
+            raise BenchbdError(
+                f"attack.{self.name}.poison_ratio={self.params.poison_ratio} asks for {n_poison} poisoned images "
+                f"but only {len(pool)} non-target training images exist"
+            )
         order = torch.randperm(len(pool), generator=generator(seed, f"poison:{self.name}"))
         chosen = pool[order[: min(n_poison, len(pool))]].sort().values
         images, labels = train.images.clone(), train.labels.clone()

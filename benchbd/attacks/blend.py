@@ -1,4 +1,5 @@
 """Blend: x' = (1 - alpha) x + alpha t with the Hello-Kitty picture t (frequency-backdoor file)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

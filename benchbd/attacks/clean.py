@@ -1,5 +1,6 @@
 """No attack: the clean training set (poison ratio 0), for the paper's Table 10, which asks what a
 defense costs when there is nothing to remove. It has no trigger, so its ASR is undefined (NaN)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -26,6 +27,10 @@ class Clean(Attack):
     Params = CleanParams
     in_all = False
     image_sizes = None
+
+    @classmethod
+    def label_kind(cls) -> str:
+        return "none (no attack)"
 
     def apply(self, images: torch.Tensor) -> torch.Tensor:
         return images

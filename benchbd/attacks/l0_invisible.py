@@ -1,4 +1,5 @@
 """l0-Invisible: a few coloured pixels in the last row replace the image's (I-BAU)."""
+
 from __future__ import annotations
 
 from .base import ATTACKS, AdditiveAttack, load_asset

@@ -1,4 +1,5 @@
 """l2-Invisible: a dense, low-amplitude additive pattern (I-BAU)."""
+
 from __future__ import annotations
 
 from .base import ATTACKS, AdditiveAttack, load_asset

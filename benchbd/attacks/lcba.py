@@ -3,6 +3,7 @@ images are made hard to classify by a PGD perturbation of a surrogate model, the
 the 3x3 grid in all four corners, labels unchanged. The released images cannot be fetched here,
 so they are regenerated: the surrogate is trained on the clean training split (cached per
 dataset, seed and budget) and the perturbed split is cached like every poisoned split."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,9 +19,9 @@ from .base import ATTACKS, Attack, AttackParams, AttackTools, to_uint8
 
 @dataclass
 class LcbaParams(AttackParams):
-    epsilon: float = 16.0        # L-inf bound, in grey levels (of 255)
+    epsilon: float = 16.0  # L-inf bound, in grey levels (of 255)
     pgd_steps: int = 10
-    pgd_step_size: float = 2.0   # grey levels per step
+    pgd_step_size: float = 2.0  # grey levels per step
 
     def __post_init__(self):
         super().__post_init__()
@@ -68,9 +69,11 @@ class LabelConsistent(Attack):
         p = self.params
         out = []
         for start in range(0, len(images), 256):
-            chunk = images[start: start + 256].to(trainer.device)
+            chunk = images[start : start + 256].to(trainer.device)
             x = trainer.pipeline.test(chunk)
-            adv = pgd_linf(surrogate, x, labels[start: start + 256].to(trainer.device), p.epsilon / 255, p.pgd_step_size / 255, p.pgd_steps)
+            adv = pgd_linf(
+                surrogate, x, labels[start : start + 256].to(trainer.device), p.epsilon / 255, p.pgd_step_size / 255, p.pgd_steps
+            )
             adv8 = to_uint8(adv.permute(0, 2, 3, 1) * 255)
             # rounding may step half a grey level past the bound: clip back into it in integer space
             base = chunk.int()

@@ -1,4 +1,5 @@
 """SIG: a horizontal sinusoidal signal blended into target-class images only (clean label)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,4 +1,5 @@
 """Smooth: a low-frequency universal pattern, then a per-image min-max rescale (frequency-backdoor)."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

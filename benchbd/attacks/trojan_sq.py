@@ -1,4 +1,5 @@
 """Trojan-SQ: the optimised 3x3 square of the ABL code, added at rows/cols 25-27."""
+
 from __future__ import annotations
 
 from .base import ATTACKS, AdditiveAttack, load_asset

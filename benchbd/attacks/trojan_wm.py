@@ -1,4 +1,5 @@
 """Trojan-WM: a sparse watermark added to the image (I-BAU); resized for 256x256 images."""
+
 from __future__ import annotations
 
 from .base import ATTACKS, AdditiveAttack, load_asset

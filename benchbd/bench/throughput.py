@@ -12,6 +12,7 @@ epoch of each is a warm-up and is not timed. Prints images/s of each and their r
 `benchbd run --jobs-per-gpu K` runs cells), their total images/s, its ratio to the reference loop,
 and the peak GPU memory of each.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,8 +39,15 @@ def reference_images_per_s(images: np.ndarray, labels: np.ndarray, device: torch
         def __getitem__(self, i):
             return transform(Image.fromarray(images[i])), int(labels[i])
 
-    loader = torch.utils.data.DataLoader(Data(), batch_size=batch, shuffle=True, num_workers=workers, drop_last=True,
-                                         pin_memory=device.type == "cuda", persistent_workers=workers > 0)
+    loader = torch.utils.data.DataLoader(
+        Data(),
+        batch_size=batch,
+        shuffle=True,
+        num_workers=workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+    )
     model = create_model("wrn16_1", 10).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
     seen, elapsed = 0, 0.0
@@ -63,8 +71,7 @@ def reference_images_per_s(images: np.ndarray, labels: np.ndarray, device: torch
     return seen / elapsed
 
 
-def benchbd_images_per_s(images: np.ndarray, labels: np.ndarray, device: torch.device, batch: int, epochs: int,
-                         ready=None) -> float:
+def benchbd_images_per_s(images: np.ndarray, labels: np.ndarray, device: torch.device, batch: int, epochs: int, ready=None) -> float:
     """benchbd's trainer; `ready` (a barrier) makes concurrent processes start timing together."""
     from benchbd.data import Split
     from benchbd.data.augment import SmallImages
@@ -101,8 +108,10 @@ def concurrent_images_per_s(images, labels, device: torch.device, batch: int, ep
     ready, out = ctx.Barrier(k), ctx.Queue()
     threads = max(1, torch.get_num_threads() // k) if device.type == "cpu" else 1
     shared_images, shared_labels = torch.from_numpy(images).share_memory_(), torch.from_numpy(labels).share_memory_()
-    processes = [ctx.Process(target=_concurrent_worker, args=(i, shared_images, shared_labels, str(device), batch, epochs,
-                                                              threads, ready, out)) for i in range(k)]
+    processes = [
+        ctx.Process(target=_concurrent_worker, args=(i, shared_images, shared_labels, str(device), batch, epochs, threads, ready, out))
+        for i in range(k)
+    ]
     for p in processes:
         p.start()
     results = sorted(out.get() for _ in processes)

@@ -3,6 +3,7 @@
 Images stay uint8 on the device; cropping and flipping index the uint8 tensor directly, and the
 NHWC -> NCHW permute yields channels_last memory for free.
 """
+
 from __future__ import annotations
 
 import math
@@ -78,7 +79,7 @@ class LargeImages:
     def test(self, x: torch.Tensor) -> torch.Tensor:
         h, w = x.shape[1:3]
         top, left = (h - self.size) // 2, (w - self.size) // 2
-        return to_float(x[:, top: top + self.size, left: left + self.size])
+        return to_float(x[:, top : top + self.size, left : left + self.size])
 
 
 def cutmix(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:

@@ -3,11 +3,13 @@
 Real datasets come from a `.npz` in `--data-root` when one is there (offline), else from
 torchvision with download; `npz:PATH` and `imagefolder:PATH` take any user data.
 """
+
 from __future__ import annotations
 
 import abc
 import json
 import os
+import shutil
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -52,6 +54,7 @@ class LoadedData:
     train: Split
     test: Split
     classes: list[str]
+    warnings: list[str] = field(default_factory=list)  # said once at load, and recorded in every row and table
 
 
 class Dataset(abc.ABC):
@@ -62,6 +65,8 @@ class Dataset(abc.ABC):
     num_classes: int | None = None  # known before loading, where fixed
     paper_dataset: str | None = None  # the paper's dataset these numbers compare with
     image_size: int | None = None
+    paper_train_size: int | None = None  # the paper's training-set size: a whole dataset of another size is warned about
+    size_hint = ""  # how to get the paper's set, for that warning
 
     def __init__(self, params: DatasetParams, data_root: Path | None = None, path: str | None = None):
         self.params = params
@@ -75,14 +80,25 @@ class Dataset(abc.ABC):
 
     def identity(self) -> dict:
         """What determines the loaded data, for cache keys."""
-        return {"source": type(self).__name__, "path": self.path, "limit_train": self.params.limit_train, "limit_test": self.params.limit_test}
+        return {
+            "source": type(self).__name__,
+            "path": self.path,
+            "limit_train": self.params.limit_train,
+            "limit_test": self.params.limit_test,
+        }
 
     def load(self) -> LoadedData:
         data = self.read()
         lt, ls = self.params.limit_train, self.params.limit_test
         train = data.train.subset(slice(0, lt)) if lt else data.train
         test = data.test.subset(slice(0, ls)) if ls else data.test
-        return LoadedData(train, test, data.classes)
+        warnings = list(data.warnings)
+        if self.paper_train_size and not lt and len(data.train) != self.paper_train_size:
+            warnings.append(
+                f"{self.paper_dataset} has {len(data.train):,} training images, not the paper's "
+                f"{self.paper_train_size:,}: numbers are not comparable with the paper's. {self.size_hint}".strip()
+            )
+        return LoadedData(train, test, data.classes, warnings)
 
 
 def file_signature(path: Path) -> dict | None:
@@ -98,22 +114,61 @@ def _split(x: np.ndarray, y: np.ndarray) -> Split:
     return Split(torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.from_numpy(np.asarray(y, dtype=np.int64)))
 
 
+def _checked(path: Path, name: str, x: np.ndarray, y: np.ndarray) -> Split:
+    """One split of an .npz, refused in one line when it is not uint8 NHWC images with class indices."""
+
+    def bad(problem: str) -> BenchbdError:
+        return BenchbdError(f"'{path}': {problem}")
+
+    if x.dtype != np.uint8:
+        hint = " in [0, 1]: multiply by 255 and round" if np.issubdtype(x.dtype, np.floating) and x.size and float(x.max()) <= 1.0 else ""
+        raise bad(f"x_{name} is {x.dtype}{hint}; benchbd needs uint8 images 0-255 (np.uint8) and does not convert silently")
+    if x.ndim != 4 or x.shape[-1] != 3:
+        raise bad(f"x_{name} has shape {x.shape}; benchbd needs [N, H, W, 3] (NHWC, RGB)")
+    if y.ndim != 1:
+        raise bad(
+            f"y_{name} has shape {y.shape}; benchbd needs one class index per image"
+            + (" (one-hot labels? use y.argmax(1))" if y.ndim == 2 else "")
+        )
+    if len(x) != len(y):
+        raise bad(f"x_{name} has {len(x)} images but y_{name} has {len(y)} labels")
+    if not np.issubdtype(y.dtype, np.integer) and not (np.issubdtype(y.dtype, np.floating) and np.all(np.mod(y, 1) == 0)):
+        raise bad(f"y_{name} is {y.dtype}; benchbd needs integer class indices")
+    if len(y) and y.min() < 0:
+        raise bad(f"y_{name} has negative labels (the smallest is {int(y.min())}); classes are 0..K-1")
+    return _split(x, y)
+
+
 def read_npz(path: Path) -> LoadedData:
     try:
         with np.load(path, allow_pickle=False) as z:
-            train, test = _split(z["x_train"], z["y_train"]), _split(z["x_test"], z["y_test"])
+            missing = [k for k in ("x_train", "y_train", "x_test", "y_test") if k not in z.files]
+            if missing:
+                raise BenchbdError(
+                    f"'{path}' is not a benchbd .npz: it lacks {', '.join(missing)} "
+                    "(needs x_train, y_train, x_test, y_test; uint8 NHWC images)"
+                )
+            train, test = _checked(path, "train", z["x_train"], z["y_train"]), _checked(path, "test", z["x_test"], z["y_test"])
             n_classes = int(max(train.labels.max(), test.labels.max())) + 1
             classes = [str(c) for c in z["classes"]] if "classes" in z.files else [str(i) for i in range(n_classes)]
-    except (KeyError, ValueError, OSError) as exc:
-        raise BenchbdError(f"'{path}' is not a benchbd .npz (x_train, y_train, x_test, y_test, uint8 NHWC): {exc}") from exc
+    except (ValueError, OSError) as exc:
+        raise BenchbdError(f"'{path}' is not a readable .npz: {exc}") from exc
+    if len(classes) < n_classes:
+        raise BenchbdError(f"'{path}': classes lists {len(classes)} names but the labels go up to {n_classes - 1}")
     return LoadedData(train, test, classes)
 
 
 def write_npz(path: Path, data: LoadedData) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, x_train=data.train.images.numpy(), y_train=data.train.labels.numpy(),
-             x_test=data.test.images.numpy(), y_test=data.test.labels.numpy(), classes=np.array(data.classes))
+    np.savez(
+        tmp,
+        x_train=data.train.images.numpy(),
+        y_train=data.train.labels.numpy(),
+        x_test=data.test.images.numpy(),
+        y_test=data.test.labels.numpy(),
+        classes=np.array(data.classes),
+    )
     os.replace(tmp, path)
 
 
@@ -131,9 +186,12 @@ class TorchvisionDataset(Dataset):
         npz = self.data_root / self.npz_name
         if npz.is_file():
             return read_npz(npz)
+        existed = self.data_root.exists()
         try:
             data = self.download(self.data_root / "torchvision")
         except Exception as exc:  # torchvision raises many kinds when offline
+            if not existed:  # a mistyped --data-root is not left behind as an empty folder tree
+                shutil.rmtree(self.data_root, ignore_errors=True)
             reason = str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__
             raise BenchbdError(
                 f"dataset not found: no '{npz}' and torchvision could not download it ({reason}); "
@@ -153,6 +211,7 @@ class Cifar10(TorchvisionDataset):
 
     npz_name = "cifar10.npz"
     num_classes, image_size, paper_dataset = 10, 32, "cifar10"
+    paper_train_size = 50_000
 
     def download(self, root: Path) -> LoadedData:
         from torchvision.datasets import CIFAR10
@@ -162,19 +221,65 @@ class Cifar10(TorchvisionDataset):
 
 
 def _resized(paths: list[str], size: int) -> np.ndarray:
+    """Whole images resized as the T&R code does (`Image.resize` with PIL's default filter, bicubic)."""
     out = np.empty((len(paths), size, size, 3), np.uint8)
     for i, p in enumerate(paths):
-        with Image.open(p) as im:
-            out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BILINEAR))
+        try:
+            with Image.open(p) as im:
+                out[i] = np.asarray(im.convert("RGB").resize((size, size), Image.BICUBIC))
+        except OSError as exc:
+            raise BenchbdError(f"cannot read image '{p}': {exc}") from exc
     return out
 
 
 @DATASETS.register("gtsrb")
 class Gtsrb(TorchvisionDataset):
-    """GTSRB, 43 classes, whole images resized to 32x32 (torchvision or <data-root>/gtsrb.npz)."""
+    """GTSRB, 43 classes, whole images resized to 32x32: <data-root>/gtsrb.npz, else the official
+    archives unpacked in <data-root>/GTSRB (the paper's 39,209 training images), else torchvision."""
 
     npz_name = "gtsrb.npz"
     num_classes, image_size, paper_dataset = 43, 32, "gtsrb"
+    paper_train_size = 39_209
+    size_hint = (
+        "torchvision's GTSRB 'train' split is the GTSRB-Training_fixed.zip archive (26,640 images); for the paper's "
+        "Final_Training set unpack GTSRB_Final_Training_Images.zip, GTSRB_Final_Test_Images.zip and "
+        "GTSRB_Final_Test_GT.zip into DATA_ROOT/GTSRB/ (or use a gtsrb.npz of them)"
+    )
+
+    def official_tree(self) -> Path:
+        return self.data_root / "GTSRB"
+
+    def identity(self) -> dict:
+        tree = self.official_tree() / "Final_Training" / "Images"
+        return {**super().identity(), **({"official_tree": str(tree)} if tree.is_dir() else {})}
+
+    def read(self) -> LoadedData:
+        if not (self.data_root / self.npz_name).is_file() and (self.official_tree() / "Final_Training" / "Images").is_dir():
+            data = self.read_official(self.official_tree())
+            write_npz(self.data_root / self.npz_name, data)
+            return data
+        return super().read()
+
+    @staticmethod
+    def read_official(root: Path) -> LoadedData:
+        """The official archives as the T&R code reads them: Final_Training/Images/<class>/*.ppm in
+        sorted order (ImageFolder's), Final_Test/Images with the labels of GT-final_test.csv."""
+        train_dir = root / "Final_Training" / "Images"
+        classes = sorted(d.name for d in train_dir.iterdir() if d.is_dir())
+        paths, labels = [], []
+        for label, name in enumerate(classes):
+            files = sorted(p for p in (train_dir / name).iterdir() if p.suffix.lower() == ".ppm")
+            paths += [str(p) for p in files]
+            labels += [label] * len(files)
+        if not paths:
+            raise BenchbdError(f"'{train_dir}' holds no .ppm images in class folders")
+        truth = next((p for p in (root / "GT-final_test.csv", root / "Final_Test" / "GT-final_test.csv") if p.is_file()), None)
+        if truth is None:
+            raise BenchbdError(f"'{root}' has no GT-final_test.csv (unpack GTSRB_Final_Test_GT.zip there)")
+        test_rows = [line.split(";") for line in truth.read_text().splitlines()[1:] if line.strip()]
+        test_paths = [str(root / "Final_Test" / "Images" / row[0]) for row in test_rows]
+        test_labels = [int(row[-1]) for row in test_rows]
+        return LoadedData(_split(_resized(paths, 32), labels), _split(_resized(test_paths, 32), test_labels), [str(i) for i in range(43)])
 
     def download(self, root: Path) -> LoadedData:
         from torchvision.datasets import GTSRB
@@ -205,7 +310,7 @@ class NpzDataset(Dataset):
 
 @dataclass
 class ImageFolderParams(DatasetParams):
-    size: int = 32            # images are resized to size x size before any trigger
+    size: int = 32  # images are resized to size x size before any trigger
     max_classes: Optional[int] = None  # keep the first N class folders in sorted order
 
     def __post_init__(self):
@@ -226,7 +331,13 @@ class FolderDataset(Dataset):
         return Path(self.path or "")
 
     def identity(self) -> dict:
-        return {**super().identity(), "root": str(self.root()), "size": self.params.size, "max_classes": self.params.max_classes}
+        return {
+            **super().identity(),
+            "root": str(self.root()),
+            "size": self.params.size,
+            "max_classes": self.params.max_classes,
+            "resize": "bicubic",
+        }
 
     def read(self) -> LoadedData:
         root = self.root()
@@ -245,6 +356,11 @@ class FolderDataset(Dataset):
             files = sorted(p for p in (folder / name).glob("*") if p.suffix.lower() in {".jpg", ".jpeg", ".png", ".webp", ".bmp"})
             paths += [str(p) for p in files]
             labels += [label] * len(files)
+        if not paths:
+            raise BenchbdError(
+                f"image folder '{folder}' has class folders ({', '.join(classes[:5])}{', ...' if len(classes) > 5 else ''}) "
+                f"but no images in them (.jpg, .jpeg, .png, .webp, .bmp)"
+            )
         return _split(_resized(paths, self.params.size), labels)
 
 
@@ -279,7 +395,7 @@ class SyntheticParams(DatasetParams):
     n_train: int = 2000
     n_test: int = 500
     n_classes: int = 10
-    data_seed: int = 0   # fixes the images; the cell seed still draws holdout, poison and training
+    data_seed: int = 0  # fixes the images; the cell seed still draws holdout, poison and training
 
     def __post_init__(self):
         super().__post_init__()
@@ -345,8 +461,10 @@ def parse_dataset_spec(spec: str) -> tuple[str, str | None]:
     if sep:
         canonical = DATASETS.resolve(name)
         if not DATASETS.get(canonical).takes_path:
-            raise BenchbdError(f"dataset '{canonical}' takes no path; sources with a path: "
-                               + ", ".join(f"{n}:PATH" for n in DATASETS.names() if DATASETS.get(n).takes_path))
+            raise BenchbdError(
+                f"dataset '{canonical}' takes no path; sources with a path: "
+                + ", ".join(f"{n}:PATH" for n in DATASETS.names() if DATASETS.get(n).takes_path)
+            )
         if not path:
             raise BenchbdError(f"dataset '{spec}' needs a path after the colon")
         return canonical, path

@@ -1,8 +1,9 @@
 """Splits as uint8 tensors in the stored layout [N, H, W, 3], and the seeded holdout."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable, Optional
+from typing import Any, Optional
 
 import torch
 
@@ -39,9 +40,9 @@ class PoisonedSplit(Split):
     """A training split some of whose images carry a trigger; `poisoned` indexes them."""
 
     poisoned: torch.Tensor = None  # int64 indices into this split
-    # Set by attacks that control training (lba_k): (model, x, y, poisoned_mask) -> extra loss,
-    # which the trainer adds whenever it trains on this split.
-    training_loss: Optional[Callable] = None
+    # Set by attacks that control the victim's training (lba_k): an attacks.base.TrainingControl the
+    # trainer runs whenever it trains on this split. None on a split a defense trains with its own loss.
+    training_control: Optional[Any] = None
 
     @property
     def poison_mask(self) -> torch.Tensor:
@@ -52,7 +53,7 @@ class PoisonedSplit(Split):
     def plus_clean(self, clean: Split) -> "PoisonedSplit":
         """This split followed by clean images (the whole training set: split + holdout)."""
         whole = Split.concat(self, clean)
-        return PoisonedSplit(whole.images, whole.labels, poisoned=self.poisoned, training_loss=self.training_loss)
+        return PoisonedSplit(whole.images, whole.labels, poisoned=self.poisoned, training_control=self.training_control)
 
 
 @dataclass

@@ -1,4 +1,5 @@
 """Defenses: `names()`, the registry and the interface."""
+
 from __future__ import annotations
 
 from . import abl, anp, dp, fp, ft, ibau, nad, none, tnr  # noqa: F401  (registration)

@@ -3,6 +3,7 @@ so a model trained with the local gradient ascent loss isolates the 1% with the 
 trains on the rest, then unlearns the isolated samples by gradient ascent. Isolation and unlearning
 see the images un-augmented, as the official code: crop and flip would move or cut a corner trigger
 and slow the very learning that isolation measures."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -16,13 +17,22 @@ from .base import DEFENSES, Defense, Need
 
 
 def _sgd(lr: float, epochs: int, milestones: tuple[int, ...] = ()) -> TrainRecipe:
-    return TrainRecipe(optimizer="sgd", lr=lr, momentum=0.9, nesterov=True, weight_decay=1e-4,
-                       schedule="step" if milestones else "constant", milestones=milestones, epochs=epochs, batch_size=128)
+    return TrainRecipe(
+        optimizer="sgd",
+        lr=lr,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        schedule="step" if milestones else "constant",
+        milestones=milestones,
+        epochs=epochs,
+        batch_size=128,
+    )
 
 
 @dataclass
 class AblParams:
-    gamma: float = 0.5                 # LGA: sign(L - gamma) L holds the batch loss near gamma
+    gamma: float = 0.5  # LGA: sign(L - gamma) L holds the batch loss near gamma
     isolation_ratio: float = 0.01
     isolation: TrainRecipe = field(default_factory=lambda: _sgd(0.1, 20))
     clean_training: TrainRecipe = field(default_factory=lambda: _sgd(0.1, 60, (40,)))

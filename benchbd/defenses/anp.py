@@ -2,6 +2,7 @@
 BatchNorm channel that keeps the holdout accurate under adversarial multiplicative noise on the
 channels, then prune (zero the BN weight of) every channel whose mask ends below the threshold.
 The threshold is fixed: no test data chooses it (the official code's sweep looks at test ASR)."""
+
 from __future__ import annotations
 
 import copy
@@ -19,13 +20,13 @@ from .base import DEFENSES, Defense, Need
 
 @dataclass
 class AnpParams:
-    eps: float = 0.4            # noise range and the size of its one signed ascent step
-    alpha: float = 0.2          # weight of the clean loss; 1 - alpha on the perturbed one
+    eps: float = 0.4  # noise range and the size of its one signed ascent step
+    alpha: float = 0.2  # weight of the clean loss; 1 - alpha on the perturbed one
     mask_lr: float = 0.2
     momentum: float = 0.9
     iterations: int = 2000
     batch_size: int = 128
-    threshold: float = 0.2      # prune channels whose mask ends below this
+    threshold: float = 0.2  # prune channels whose mask ends below this
 
     def __post_init__(self):
         check(0 <= self.eps <= 1, f"eps={self.eps} must be in [0, 1]")
@@ -82,7 +83,9 @@ class AdversarialNeuronPruning(Defense):
 
         holdout = ctx.need(Need.HOLDOUT)
         iterations = trainer.budget.iterations(p.iterations)
-        batches = itertools.chain.from_iterable(trainer.batches(holdout, p.batch_size, f"anp:{epoch}", augment=True) for epoch in itertools.count())
+        batches = itertools.chain.from_iterable(
+            trainer.batches(holdout, p.batch_size, f"anp:{epoch}", augment=True) for epoch in itertools.count()
+        )
         trainer.progress.start_run("ANP masks", iterations)
         for x, y in itertools.islice(batches, iterations):
             noise_w = {n: torch.empty_like(m.weight).uniform_(-p.eps, p.eps, generator=gen).requires_grad_() for n, m in bns.items()}

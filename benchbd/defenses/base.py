@@ -4,6 +4,7 @@ The runner hands a defense exactly what it declared (SPEC section 1) and nothing
 poisoned training split, the clean holdout, and/or the backdoored model to repair (normal
 training on the whole poisoned training set, built once per cell and cached).
 """
+
 from __future__ import annotations
 
 import abc
@@ -17,7 +18,7 @@ from ..data.splits import PoisonedSplit, Split
 from ..errors import BenchbdError
 from ..models.base import SplitNet
 from ..registry import Registry
-from ..train import Trainer, TrainRecipe
+from ..train import Trainer
 
 DEFENSES: Registry[type["Defense"]] = Registry("defense")
 
@@ -38,7 +39,7 @@ class DefenseContext:
     """What a defense may use. Fields for needs it did not declare stay None."""
 
     trainer: Trainer
-    new_model: Callable[..., SplitNet]   # new_model(dropout=0.0): a fresh model of the cell's architecture
+    new_model: Callable[..., SplitNet]  # new_model(dropout=0.0): a fresh model of the cell's architecture
     num_classes: int
     seed: int
     poisoned_train: PoisonedSplit | None = None
@@ -74,6 +75,11 @@ class Defense(abc.ABC):
     Params = DefenseParams
     needs: frozenset[Need] = frozenset()
     version = 1  # bump when the method changes
+    # Whether an attack that controls the victim's training (lba_k) also controls this defense's
+    # training on the poisoned split. True where that training is the victim's own objective with
+    # the defense's terms added (T&R's stage 1: Table 7's adaptive attacker targets exactly it);
+    # False where the defense trains with a loss or optimiser of its own (ABL, DP-SGD).
+    attacker_controls_training = False
 
     def __init__(self, params: Any, name: str = ""):
         self.params = params

@@ -1,6 +1,7 @@
 """DP-SGD with Opacus (SPEC section 7): train on the poisoned training split with per-sample
 gradient clipping and Gaussian noise; BatchNorm is replaced by GroupNorm (Opacus' validator),
 and the privacy spent, epsilon at `delta`, goes into the result row."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -26,9 +27,11 @@ def freeze_unused(net) -> None:
 @dataclass
 class DpParams:
     noise_multiplier: float = 1.0
-    max_grad_norm: float = 1.0   # per-sample clipping norm
+    max_grad_norm: float = 1.0  # per-sample clipping norm
     delta: float = 1e-5
-    recipe: TrainRecipe = field(default_factory=lambda: TrainRecipe(optimizer="adam", lr=1e-3, weight_decay=5e-4, epochs=200, batch_size=256))
+    recipe: TrainRecipe = field(
+        default_factory=lambda: TrainRecipe(optimizer="adam", lr=1e-3, weight_decay=5e-4, epochs=200, batch_size=256)
+    )
 
     def __post_init__(self):
         check(self.noise_multiplier >= 0, f"noise_multiplier={self.noise_multiplier} must be >= 0")
@@ -42,6 +45,7 @@ class DifferentialPrivacy(Defense):
 
     Params = DpParams
     needs = frozenset({Need.POISONED_TRAIN})
+    version = 2  # 2: an attack's training control (lba_k) no longer acts inside DP-SGD; full batches only
 
     def run(self, ctx):
         from opacus import GradSampleModule
@@ -57,8 +61,9 @@ class DifferentialPrivacy(Defense):
         freeze_unused(net)
         model = GradSampleModule(net, loss_reduction="mean")
         accountant = RDPAccountant()
-        ctx.trainer.fit(model, data, p.recipe, desc="DP-SGD", mixed_precision=False,
-                        wrap_optimizer=lambda opt: self.private(opt, len(data), accountant))
+        ctx.trainer.fit(
+            model, data, p.recipe, desc="DP-SGD", mixed_precision=False, wrap_optimizer=lambda opt: self.private(opt, len(data), accountant)
+        )
         # Batches are shuffled, not Poisson-sampled: epsilon follows the usual approximation.
         ctx.metrics["epsilon"] = float(accountant.get_epsilon(p.delta)) if accountant.history else 0.0
         ctx.metrics["delta"] = p.delta
@@ -69,7 +74,12 @@ class DifferentialPrivacy(Defense):
         from opacus.optimizers import DPOptimizer
 
         batch = self.params.recipe.batch_size
-        dp = DPOptimizer(optimizer, noise_multiplier=self.params.noise_multiplier, max_grad_norm=self.params.max_grad_norm,
-                         expected_batch_size=batch, loss_reduction="mean")
+        dp = DPOptimizer(
+            optimizer,
+            noise_multiplier=self.params.noise_multiplier,
+            max_grad_norm=self.params.max_grad_norm,
+            expected_batch_size=batch,
+            loss_reduction="mean",
+        )
         dp.attach_step_hook(accountant.get_optimizer_hook_fn(sample_rate=min(1.0, batch / n_samples)))
         return dp

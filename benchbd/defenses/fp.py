@@ -1,5 +1,6 @@
 """Fine-Pruning (Liu et al., 2018): prune the last feature map's channels least active on the
 clean holdout, as long as holdout accuracy stays within `max_drop` of the start, then fine-tune."""
+
 from __future__ import annotations
 
 import copy
@@ -28,8 +29,8 @@ class ChannelMask(nn.Module):
 
 @dataclass
 class FinePruningParams:
-    max_drop: float = 0.10      # stop before holdout accuracy falls more than this (absolute) below its start
-    prune_step: int = 1         # channels pruned between two accuracy checks
+    max_drop: float = 0.10  # stop before holdout accuracy falls more than this (absolute) below its start
+    prune_step: int = 1  # channels pruned between two accuracy checks
     recipe: TrainRecipe = field(default_factory=repair_recipe)
 
     def __post_init__(self):

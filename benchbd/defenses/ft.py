@@ -1,4 +1,5 @@
 """Fine-tuning: the backdoored model trained further on the clean holdout (a classic repair baseline)."""
+
 from __future__ import annotations
 
 import copy

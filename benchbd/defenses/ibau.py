@@ -10,6 +10,7 @@ v built by K fixed-point iterations v <- (dPhi/dd)^T v + grad_d L_out (the offic
 `fixed_point` method). The model stays in eval mode: BatchNorm statistics are neither used
 from the batch nor updated, and its affine parameters are ordinary parameters of w.
 """
+
 from __future__ import annotations
 
 import copy
@@ -23,8 +24,13 @@ from ..config import check
 from .base import DEFENSES, Defense, Need
 
 
-def implicit_hypergradient(outer_loss: Callable[[torch.Tensor], torch.Tensor], fp_map: Callable[[torch.Tensor], torch.Tensor],
-                           d: torch.Tensor, params: Sequence[torch.Tensor], iterations: int) -> list[torch.Tensor]:
+def implicit_hypergradient(
+    outer_loss: Callable[[torch.Tensor], torch.Tensor],
+    fp_map: Callable[[torch.Tensor], torch.Tensor],
+    d: torch.Tensor,
+    params: Sequence[torch.Tensor],
+    iterations: int,
+) -> list[torch.Tensor]:
     """d(outer)/d(params) through the fixed point `d` of `fp_map` (both closures over `params`)."""
     d = d.detach().requires_grad_(True)
     loss = outer_loss(d)
@@ -35,21 +41,23 @@ def implicit_hypergradient(outer_loss: Callable[[torch.Tensor], torch.Tensor], f
         (jv,) = torch.autograd.grad(mapped, d, grad_outputs=v, retain_graph=True)
         v = jv + grad_d
     indirect = torch.autograd.grad(mapped, params, grad_outputs=v, allow_unused=True)
-    return [(g if g is not None else torch.zeros_like(p)) + (i if i is not None else torch.zeros_like(p))
-            for g, i, p in zip(grad_w, indirect, params)]
+    return [
+        (g if g is not None else torch.zeros_like(p)) + (i if i is not None else torch.zeros_like(p))
+        for g, i, p in zip(grad_w, indirect, params)
+    ]
 
 
 @dataclass
 class IbauParams:
     rounds: int = 5
     batch_size: int = 100
-    perturbation_lr: float = 10.0     # SGD on the universal perturbation, one pass per round
-    regularisation: float = 0.001     # weight of |d|^2 in the inner loss
-    radius: float = 10.0              # L2 ball the perturbation is projected onto
-    fixed_point_iterations: int = 5   # K
-    inner_lr: float = 0.1             # step of the fixed-point map d <- d - inner_lr grad_d L_in
-    outer_lr: float = 1e-3            # Adam on the model weights
-    perturbed_share: float = 0.01     # share of each batch the outer loss perturbs (at least one image), as the official code
+    perturbation_lr: float = 10.0  # SGD on the universal perturbation, one pass per round
+    regularisation: float = 0.001  # weight of |d|^2 in the inner loss
+    radius: float = 10.0  # L2 ball the perturbation is projected onto
+    fixed_point_iterations: int = 5  # K
+    inner_lr: float = 0.1  # step of the fixed-point map d <- d - inner_lr grad_d L_in
+    outer_lr: float = 1e-3  # Adam on the model weights
+    perturbed_share: float = 0.01  # share of each batch the outer loss perturbs (at least one image), as the official code
 
     def __post_init__(self):
         check(self.rounds >= 1 and self.batch_size >= 1, "rounds and batch_size must be >= 1")
@@ -78,7 +86,8 @@ class IBAU(Defense):
         for round_ in range(p.rounds):
             d = self.universal_perturbation(trainer, model, holdout, shape, f"ibau:{round_}:search")
             for x, y in trainer.batches(holdout, p.batch_size, f"ibau:{round_}:unlearn"):
-                def inner(pert):
+
+                def inner(pert, x=x, y=y):
                     return F.cross_entropy(model(x + pert), y, reduction="none").mean().neg() + p.regularisation * pert.pow(2).sum()
 
                 def fp_map(pert):
@@ -90,7 +99,7 @@ class IBAU(Defense):
                 patch = torch.zeros(len(y), 1, 1, 1, device=x.device)
                 patch[chosen] = 1
 
-                def outer(pert):
+                def outer(pert, x=x, y=y, patch=patch):
                     return F.cross_entropy(model(x + patch * pert), y)
 
                 grads = implicit_hypergradient(outer, fp_map, d, params, p.fixed_point_iterations)

@@ -1,5 +1,6 @@
 """Neural Attention Distillation (Li et al., 2021), SPEC section 7: a teacher fine-tuned on the
 holdout guides the backdoored student through attention maps at the last three stages."""
+
 from __future__ import annotations
 
 import copy
@@ -36,8 +37,17 @@ def stage_features(net: SplitNet, x: torch.Tensor, stages: tuple[int, ...]) -> t
 
 
 def _nad_sgd(epochs: int) -> TrainRecipe:
-    return TrainRecipe(optimizer="sgd", lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4, schedule="step", milestones=(2,),
-                       epochs=epochs, batch_size=64)
+    return TrainRecipe(
+        optimizer="sgd",
+        lr=0.1,
+        momentum=0.9,
+        nesterov=True,
+        weight_decay=1e-4,
+        schedule="step",
+        milestones=(2,),
+        epochs=epochs,
+        batch_size=64,
+    )
 
 
 @dataclass
@@ -63,15 +73,17 @@ class NeuralAttentionDistillation(Defense):
 
     def check_model(self, model) -> None:
         if len(self.params.betas) > len(model.stage_ends):
-            raise BenchbdError(f"defense.{self.name}.betas has {len(self.params.betas)} values but "
-                               f"{type(model).__name__} has {len(model.stage_ends)} stages")
+            raise BenchbdError(
+                f"defense.{self.name}.betas has {len(self.params.betas)} values but "
+                f"{type(model).__name__} has {len(model.stage_ends)} stages"
+            )
 
     def run(self, ctx):
         backdoored = ctx.need(Need.BACKDOORED_MODEL)
         holdout = ctx.need(Need.HOLDOUT)
         p = self.params
         teacher = self.teacher(ctx).eval().requires_grad_(False)
-        stages = backdoored.stage_ends[-len(p.betas):]
+        stages = backdoored.stage_ends[-len(p.betas) :]
 
         def loss(student, x, y, gen):
             logits, s_feats = stage_features(student, x, stages)
@@ -86,4 +98,6 @@ class NeuralAttentionDistillation(Defense):
 
     def teacher(self, ctx):
         """The backdoored model fine-tuned on the holdout."""
-        return ctx.trainer.fit(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)), ctx.need(Need.HOLDOUT), self.params.teacher, desc="NAD teacher")
+        return ctx.trainer.fit(
+            copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)), ctx.need(Need.HOLDOUT), self.params.teacher, desc="NAD teacher"
+        )

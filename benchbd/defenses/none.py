@@ -1,4 +1,5 @@
 """No defense: normal training on the whole poisoned training set (split + holdout)."""
+
 from __future__ import annotations
 
 from .base import DEFENSES, Defense, Need

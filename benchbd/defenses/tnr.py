@@ -5,6 +5,7 @@ stem must keep the image's content and the easy-to-learn backdoor is "trapped" i
 head. Stage 2 throws the head (and decoder) away and trains a fresh head on the clean holdout
 over the frozen stem.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -31,10 +32,10 @@ def total_variation(r: torch.Tensor) -> torch.Tensor:
 
 @dataclass
 class TnRParams:
-    split: Optional[int] = None     # residual blocks in the stem; None = the model's own (5 for WRN-16-1)
-    rec_weight: float = 10.0        # weight of the reconstruction MSE (the paper's l1)
-    tv_weight: float = 1.0          # weight of TV (l1 x l2 in the paper's form)
-    replace_head: bool = True       # False = stage 1 only (ablation "no replacement")
+    split: Optional[int] = None  # residual blocks in the stem; None = the model's own (5 for WRN-16-1)
+    rec_weight: float = 10.0  # weight of the reconstruction MSE (the paper's l1)
+    tv_weight: float = 1.0  # weight of TV (l1 x l2 in the paper's form)
+    replace_head: bool = True  # False = stage 1 only (ablation "no replacement")
     head_dropout: float = 0.5
     label_smoothing: float = 0.1
     cutmix: bool = True
@@ -104,12 +105,17 @@ class TrapAndReplace(Defense):
 
     Params = TnRParams
     needs = frozenset({Need.POISONED_TRAIN, Need.HOLDOUT})
-    version = 2  # 2: stage 1 is cached and stage 2 seeds its own head
+    version = 3  # 3: the official decoder at splits 3-4 (its output differs only there); 2: stage 1 cached
+    attacker_controls_training = True  # stage 1 is the victim's training with T&R's terms added
 
     def check_model(self, model) -> None:
-        if self.params.split is not None and not 0 <= self.params.split <= model.num_blocks:
-            raise BenchbdError(f"defense.{self.name}.split={self.params.split} is out of range for {type(model).__name__}: "
-                               f"valid 0..{model.num_blocks} (default {model.default_split})")
+        valid = model.decodable_splits()
+        if self.params.split is not None and self.params.split not in valid:
+            raise BenchbdError(
+                f"defense.{self.name}.split={self.params.split} is out of range for {type(model).__name__}: "
+                f"valid {valid[0]}..{valid[-1]} (default {model.default_split}; a stem that keeps the input "
+                f"resolution leaves the decoder nothing to upsample)"
+            )
 
     def run(self, ctx: DefenseContext) -> nn.Module:
         trapped = self.stage1(ctx)
@@ -125,8 +131,12 @@ class TrapAndReplace(Defense):
             return model.trap_loss(x, y, p.rec_weight, p.tv_weight)
 
         identity = {"split": trapped.split, "rec_weight": p.rec_weight, "tv_weight": p.tv_weight, "stage1": as_dict(p.stage1)}
-        ctx.cached_model("stage1", identity, trapped,
-                         lambda m: ctx.trainer.fit(m, ctx.need(Need.POISONED_TRAIN), p.stage1, loss=loss, desc="T&R stage 1"))
+        ctx.cached_model(
+            "stage1",
+            identity,
+            trapped,
+            lambda m: ctx.trainer.fit(m, ctx.need(Need.POISONED_TRAIN), p.stage1, loss=loss, desc="T&R stage 1"),
+        )
         if p.rec_weight > 0:  # Table 8's column; on the clean holdout, which stage 1 never saw
             ctx.metrics["recon_mse"] = reconstruction_mse(ctx.trainer, trapped, ctx.need(Need.HOLDOUT))
             ctx.artifacts["reconstruction"] = trapped
@@ -144,8 +154,9 @@ class TrapAndReplace(Defense):
                 return F.cross_entropy(m(x), y, label_smoothing=p.label_smoothing)
             mixed, ya, yb, lam = cutmix(x, y, gen)
             logits = m(mixed)
-            return lam * F.cross_entropy(logits, ya, label_smoothing=p.label_smoothing) + \
-                (1 - lam) * F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
+            return lam * F.cross_entropy(logits, ya, label_smoothing=p.label_smoothing) + (1 - lam) * F.cross_entropy(
+                logits, yb, label_smoothing=p.label_smoothing
+            )
 
         ctx.trainer.fit(model, ctx.need(Need.HOLDOUT), p.stage2, loss=loss, params=head.parameters(), desc="T&R stage 2")
         return model

@@ -6,6 +6,7 @@ parameter overrides that define it, in `--set` syntax (`defense.tnr.rec_weight: 
 numbers for a column are the rows of the shipped paper tables matching `paper` (file level,
 then column level).
 """
+
 from __future__ import annotations
 
 import json
@@ -31,7 +32,7 @@ class Column:
     name: str
     defense: str
     sets: tuple[tuple[str, Any], ...] = ()
-    paper: dict = field(default_factory=dict)   # filter on the paper's rows for this column
+    paper: dict = field(default_factory=dict)  # filter on the paper's rows for this column
 
     def layer(self) -> dict:
         return set_layer(self.sets, f"'set' of column '{self.name}', key")
@@ -62,7 +63,7 @@ class Experiment:
     attacks: tuple[str, ...]
     columns: tuple[Column, ...]
     seeds: tuple[int, ...] = (0,)
-    extra: tuple[str, ...] = ()          # per-cell metrics the table shows (Table 8: recon_mse)
+    extra: tuple[str, ...] = ()  # per-cell metrics the table shows (Table 8: recon_mse)
     paper: dict = field(default_factory=dict)
     notes: str = ""
 
@@ -80,9 +81,11 @@ def _shipped() -> dict[str, Any]:
 
 def names() -> list[str]:
     """Shipped experiments, in the paper's order (table1 ... table12)."""
+
     def order(name: str):
         digits = "".join(c for c in name if c.isdigit())
         return (int(digits) if digits else 1_000, name)
+
     return sorted(_shipped(), key=order)
 
 
@@ -146,10 +149,16 @@ def parse(name: str, text: str, where: str) -> Experiment:
     if len(set(labels)) != len(labels):
         raise BenchbdError(f"{where}: column names must differ, got {', '.join(labels)}")
     return Experiment(
-        name=name, title=str(data.get("title", name)), reproduces=str(data.get("reproduces", "")),
-        datasets=_list(data["datasets"], f"{where}: datasets"), attacks=_list(data["attacks"], f"{where}: attacks"),
-        columns=tuple(columns), seeds=_list(data.get("seeds", [0]), f"{where}: seeds", int) or (0,),
-        extra=_list(data.get("extra"), f"{where}: extra"), paper=dict(data.get("paper") or {}), notes=str(data.get("notes", "")).strip(),
+        name=name,
+        title=str(data.get("title", name)),
+        reproduces=str(data.get("reproduces", "")),
+        datasets=_list(data["datasets"], f"{where}: datasets"),
+        attacks=_list(data["attacks"], f"{where}: attacks"),
+        columns=tuple(columns),
+        seeds=_list(data.get("seeds", [0]), f"{where}: seeds", int) or (0,),
+        extra=_list(data.get("extra"), f"{where}: extra"),
+        paper=dict(data.get("paper") or {}),
+        notes=str(data.get("notes", "")).strip(),
     )
 
 
@@ -180,8 +189,14 @@ class Membership:
         atomic_write_bytes(self.path, json.dumps(merged, indent=1).encode())
 
 
-def plan(experiment: Experiment, runner, budget: str, seeds: list[int] | None = None,
-         datasets: list[str] | None = None, attacks: str | None = None) -> tuple[list, dict[str, list[str]]]:
+def plan(
+    experiment: Experiment,
+    runner,
+    budget: str,
+    seeds: list[int] | None = None,
+    datasets: list[str] | None = None,
+    attacks: str | None = None,
+) -> tuple[list, dict[str, list[str]]]:
     """The experiment's cells (each shared cell once) and, per column, the keys of its cells.
 
     `seeds`, `datasets` and `attacks` replace the file's when given; every column's overrides
@@ -189,8 +204,14 @@ def plan(experiment: Experiment, runner, budget: str, seeds: list[int] | None = 
     cells, members = {}, {}
     for column in experiment.columns:
         try:
-            planned = runner.plan(list(datasets or experiment.datasets), attacks or ",".join(experiment.attacks), column.defense,
-                                  list(seeds or experiment.seeds), budget, layers=runner.layers.with_sets(column.layer()))
+            planned = runner.plan(
+                list(datasets or experiment.datasets),
+                attacks or ",".join(experiment.attacks),
+                column.defense,
+                list(seeds or experiment.seeds),
+                budget,
+                layers=runner.layers.with_sets(column.layer()),
+            )
         except BenchbdError as exc:
             raise BenchbdError(f"experiment {experiment.name}, column '{column.name}': {exc}") from None
         members[column.name] = [cell.key for cell in planned]

@@ -4,6 +4,7 @@ A `SplitNet` is normalise -> units[0] (the input conv) -> residual blocks units[
 Split k puts the input conv and the first k residual blocks in the stem; the head is the rest.
 Models take float inputs in [0, 1]; a dataset's mean/std is applied inside the model.
 """
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,7 @@ class SplitNet(nn.Module):
 
     def head(self, split: int) -> nn.Sequential:
         self.check_split(split)
-        return nn.Sequential(*self.units[1 + split:], self.tail)
+        return nn.Sequential(*self.units[1 + split :], self.tail)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.normalize(x)
@@ -68,13 +69,31 @@ class SplitNet(nn.Module):
         self.train(was_training)
         return tuple(out.shape[1:])
 
+    def decodable_splits(self) -> list[int]:
+        """Splits whose stem output is smaller than the input: the ones a T&R decoder upsamples from."""
+        return [split for split in range(self.num_blocks + 1) if self.stem_shape(split)[1] < self.input_size]
+
     def decoder(self, split: int) -> nn.Module:
-        """T&R's image decoder from the stem output back to the input size."""
+        """T&R's image decoder from the stem output back to the input size (the WRN forms of the
+        official wideresnet_ae.py). One doubling (WRN split 3 or 4, 32x16x16): ConvT(c->c, k4, s2),
+        ReLU, ConvT(c->3, k3, s1), Sigmoid; more: stride-2 ConvT layers halving the channels."""
         channels, height, _ = self.stem_shape(split)
-        return upsampling_decoder(channels, int(round(math.log2(self.input_size / height))))
+        if height >= self.input_size:
+            raise ValueError(f"split={split} keeps the input resolution: no decoder; valid splits {self.decodable_splits()}")
+        layers = int(round(math.log2(self.input_size / height)))
+        if layers == 1:
+            return nn.Sequential(
+                nn.ConvTranspose2d(channels, channels, kernel_size=4, stride=2, padding=1),
+                nn.ReLU(inplace=True),
+                nn.ConvTranspose2d(channels, 3, kernel_size=3, stride=1, padding=1),
+                nn.Sigmoid(),
+            )
+        return upsampling_decoder(channels, layers)
 
 
-def upsampling_decoder(channels: int, layers: int, norm_after: Sequence[int] = (), relu_after: Callable[[int], bool] | None = None) -> nn.Sequential:
+def upsampling_decoder(
+    channels: int, layers: int, norm_after: Sequence[int] = (), relu_after: Callable[[int], bool] | None = None
+) -> nn.Sequential:
     """Stride-2 ConvTranspose(k4, p1) layers, halving channels, ending at 3 channels and a Sigmoid.
 
     By default every layer but the last is followed by ReLU (the WRN decoder of the T&R code);

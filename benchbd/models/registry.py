@@ -1,4 +1,5 @@
 """The model registry: name -> factory(num_classes, dropout, mean, std, input_size) -> SplitNet."""
+
 from __future__ import annotations
 
 from typing import Callable

@@ -1,4 +1,5 @@
 """ResNet-34 for imagenet12 (SPEC section 4) and PreAct-ResNet-18 (the BackdoorBench default)."""
+
 from __future__ import annotations
 
 import torch

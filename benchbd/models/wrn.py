@@ -1,4 +1,5 @@
 """WRN-16-1 as in the official Trap-and-Replace code (SPEC section 4)."""
+
 from __future__ import annotations
 
 import torch
@@ -41,16 +42,20 @@ class WideResNet(SplitNet):
     default_split = 5
     stage_ends = (2, 4, 6)
 
-    def __init__(self, depth: int = 16, width: int = 1, num_classes: int = 10, dropout: float = 0.0, mean=None, std=None, input_size: int = 32):
+    def __init__(
+        self, depth: int = 16, width: int = 1, num_classes: int = 10, dropout: float = 0.0, mean=None, std=None, input_size: int = 32
+    ):
         n = (depth - 4) // 6
         widths = [16, 16 * width, 32 * width, 64 * width]
         units: list[nn.Module] = [nn.Conv2d(3, widths[0], 3, 1, 1)]
         cin = widths[0]
-        for group, (cout, stride) in enumerate(zip(widths[1:], (1, 2, 2))):
+        for cout, stride in zip(widths[1:], (1, 2, 2)):
             for i in range(n):
                 units.append(PreActBlock(cin, cout, stride if i == 0 else 1, dropout))
                 cin = cout
-        tail = nn.Sequential(nn.BatchNorm2d(cin), nn.LeakyReLU(0.1, inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes))
+        tail = nn.Sequential(
+            nn.BatchNorm2d(cin), nn.LeakyReLU(0.1, inplace=True), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(cin, num_classes)
+        )
         super().__init__(units, tail, mean, std, input_size)
         for m in self.modules():
             if isinstance(m, nn.Conv2d):

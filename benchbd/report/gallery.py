@@ -1,5 +1,6 @@
 """The trigger gallery (the paper's Figure 3): per attack, a clean test image, its triggered
 version, and the difference amplified."""
+
 from __future__ import annotations
 
 from pathlib import Path

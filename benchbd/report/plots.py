@@ -1,6 +1,7 @@
 """The paper's analysis figures, drawn from tensors and result rows (no training here):
 Figure 2 (stem features by PCA), a CA-against-ASR scatter of a results directory, and Figure 4
 (images and their reconstructions by T&R's stage-1 decoder)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -45,7 +46,7 @@ def pca_figure(panels: list[tuple[str, dict[str, torch.Tensor]]], out: Path | st
         start = 0
         for name in names:
             n = len(groups[name])
-            xy = coords[start: start + n].numpy()
+            xy = coords[start : start + n].numpy()
             ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.5, label=f"{name} ({n})", **GROUP_STYLE.get(name, {}))
             start += n
         ax.set_title(label, fontsize=9)

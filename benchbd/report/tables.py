@@ -1,5 +1,6 @@
 """ASR / CA grids from result rows: one row per attack plus Average, a column pair per defense,
 mean (and std over seeds) per cell; optionally the paper's numbers beside ours."""
+
 from __future__ import annotations
 
 import functools
@@ -39,14 +40,16 @@ class Grid:
 
     dataset: str
     budget: str
-    mean: dict[str, pd.DataFrame]   # metric -> attack x defense
+    mean: dict[str, pd.DataFrame]  # metric -> attack x defense
     std: dict[str, pd.DataFrame]
     seeds: pd.DataFrame
     paper: dict[str, pd.DataFrame] | None = None
-    extra: tuple[str, ...] = ()       # further metrics from the rows' `metrics` (e.g. epsilon of dp)
-    caption: str = ""                 # what the grid shows, for an experiment
-    failed: frozenset = frozenset()   # (attack, defense) cells whose every row failed
-    failures: tuple[str, ...] = ()    # one line per failed row: where, and why
+    extra: tuple[str, ...] = ()  # further metrics from the rows' `metrics` (e.g. epsilon of dp)
+    caption: str = ""  # what the grid shows, for an experiment
+    failed: frozenset = frozenset()  # (attack, defense) cells whose every row failed
+    failures: tuple[str, ...] = ()  # one line per failed row: where, and why
+    data_warnings: tuple[str, ...] = ()  # what the rows say about their data (a dataset of the wrong size)
+    notes: tuple[str, ...] = ()  # how to read the grid (an Average over fewer attacks, no paper numbers)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -88,7 +91,9 @@ def variant_labels(rows: pd.DataFrame, column: str, sections: tuple[str, ...]) -
     if "params" not in rows:
         return labels
     for name, group in rows.groupby(column):
-        flat = {i: {k: v for s in sections for k, v in _flatten((group.at[i, "params"] or {}).get(s), f"{s}.").items()} for i in group.index}
+        flat = {
+            i: {k: v for s in sections for k, v in _flatten((group.at[i, "params"] or {}).get(s), f"{s}.").items()} for i in group.index
+        }
         keys = sorted({k for f in flat.values() for k in f})
         differing = [k for k in keys if len({f.get(k) for f in flat.values()}) > 1]
         for i in group.index:
@@ -142,14 +147,26 @@ def _experiment_paper(experiment, attacks: list[str], paper_dataset: str, metric
     return table
 
 
-def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[str] | None = None, budgets: list[str] | None = None,
-                extra: tuple[str, ...] = (), experiment=None, members: dict[str, list[str]] | None = None) -> list[Grid]:
+def build_grids(
+    rows: pd.DataFrame,
+    compare: str | None = None,
+    datasets: list[str] | None = None,
+    budgets: list[str] | None = None,
+    extra: tuple[str, ...] = (),
+    experiment=None,
+    members: dict[str, list[str]] | None = None,
+) -> list[Grid]:
     """One Grid per (dataset, budget). With `experiment`, only its cells, one column per setting."""
     if experiment is not None and not members:
-        raise BenchbdError(f"no results of experiment {experiment.name} in this results directory: "
-                           f"run `benchbd run --experiment {experiment.name}` first")
+        raise BenchbdError(
+            f"no results of experiment {experiment.name} in this results directory: run `benchbd run --experiment {experiment.name}` first"
+        )
     if rows.empty:
         raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
+    known = sorted({k for d in (rows["metrics"] if "metrics" in rows else []) if isinstance(d, dict) for k in d})
+    for m in extra:
+        if m not in known:
+            raise unknown("--extra metric", m, known or ["(the rows hold no extra metrics)"])
     rows = rows.sort_values("finished_at", kind="stable")
     rows = _select(_select(rows, "dataset", datasets), "budget", budgets)
     if experiment is not None:
@@ -157,11 +174,18 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
         extra = tuple(dict.fromkeys([*experiment.extra, *extra]))
     paper = paper_table() if compare == "paper" else None
     grids = []
+    paper_names = {
+        key: (group["paper_dataset"].dropna().iloc[0] if "paper_dataset" in group and group["paper_dataset"].notna().any() else key[0])
+        for key, group in rows.groupby(["dataset", "budget"], sort=False)
+    }
     for (dataset, budget), part in rows.groupby(["dataset", "budget"], sort=False):
         if experiment is None:
-            part = part.assign(attack_name=part["attack"], defense_name=part["defense"],
-                               attack=variant_labels(part, "attack", ("attack",)),
-                               defense=variant_labels(part, "defense", ("defense", "train", "dataset")))
+            part = part.assign(
+                attack_name=part["attack"],
+                defense_name=part["defense"],
+                attack=variant_labels(part, "attack", ("attack",)),
+                defense=variant_labels(part, "defense", ("defense", "train", "dataset")),
+            )
             # one setting and seed run again (e.g. by a newer benchbd version): the newest row counts
             part = part.drop_duplicates(["attack", "defense", "seed"], keep="last")
         base_attack = dict(zip(part["attack"], part["attack_name"]))
@@ -170,31 +194,63 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
             attacks = _paper_order(_ordered(part["attack"]), base_attack, "attack")
             defenses = _paper_order(_ordered(part["defense"]), base_defense, "defense")
         else:
-            attacks = [a for a in experiment.attacks if a in base_attack] + [a for a in _ordered(part["attack"]) if a not in experiment.attacks]
+            attacks = [a for a in experiment.attacks if a in base_attack] + [
+                a for a in _ordered(part["attack"]) if a not in experiment.attacks
+            ]
             defenses = [c.name for c in experiment.columns if c.name in base_defense]
         status = part["status"].fillna("ok") if "status" in part else pd.Series("ok", index=part.index)
         ok_cells = set(zip(part.loc[status != "failed", "attack"], part.loc[status != "failed", "defense"]))
         failed = frozenset(set(zip(part.loc[status == "failed", "attack"], part.loc[status == "failed", "defense"])) - ok_cells)
         bad = part[status == "failed"]
-        failures = tuple(f"{a} / {d} / seed {seed}: {error}" for a, d, seed, error in
-                         zip(bad["attack"], bad["defense"], bad["seed"], bad.get("error", pd.Series("", index=bad.index))))
+        failures = tuple(
+            f"{a} / {d} / seed {seed}: {error}"
+            for a, d, seed, error in zip(bad["attack"], bad["defense"], bad["seed"], bad.get("error", pd.Series("", index=bad.index)))
+        )
         part = part[status != "failed"].copy()
         for m in extra:
-            part[m] = pd.to_numeric(part["metrics"].map(lambda d: (d or {}).get(m)) if "metrics" in part else float("nan"), errors="coerce")
+            values = part["metrics"].map(lambda d, m=m: (d or {}).get(m)) if "metrics" in part else float("nan")
+            part[m] = pd.to_numeric(values, errors="coerce")
         grouped = part.groupby(["attack", "defense"])
         metrics = (*METRICS, *extra)
         mean = {m: grouped[m].mean().unstack().reindex(index=attacks, columns=defenses) for m in metrics}
         std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in metrics}
         seeds = grouped["seed"].nunique().unstack().reindex(index=attacks, columns=defenses)
         averaged = len(attacks) > 1  # an Average row over one attack would only repeat it
+        # Averages over the attacks every column has, so no column's mean silently covers fewer attacks
+        complete = [a for a in attacks if all(mean[m].loc[a].notna().all() for m in METRICS)]
+        left_out = [a for a in attacks if a not in complete]
         if averaged:
             for m in metrics:
-                mean[m].loc[AVERAGE] = mean[m].mean(axis=0)
+                mean[m].loc[AVERAGE] = mean[m].loc[complete].mean(axis=0) if complete else float("nan")
                 std[m].loc[AVERAGE] = float("nan")
         caption = f"{experiment.reproduces or experiment.name}: {experiment.title}" if experiment is not None else ""
-        grid = Grid(dataset, budget, mean, std, seeds, extra=tuple(extra), caption=caption, failed=failed, failures=failures)
+        warned = part["data_warnings"].dropna() if "data_warnings" in part else pd.Series(dtype=object)
+        data_warnings = tuple(dict.fromkeys(w for ws in warned if isinstance(ws, list) for w in ws))
+        notes = []
+        if averaged and left_out:
+            notes.append(
+                f"Average: over the {len(complete)} attack(s) every column has; left out (a cell failed or is missing): "
+                f"{', '.join(left_out)}"
+                if complete
+                else "Average: n/a, no attack has a result in every column"
+            )
+        grid = Grid(
+            dataset,
+            budget,
+            mean,
+            std,
+            seeds,
+            extra=tuple(extra),
+            caption=caption,
+            failed=failed,
+            failures=failures,
+            data_warnings=data_warnings,
+            notes=tuple(notes),
+        )
         if compare == "paper":
-            paper_name = part["paper_dataset"].iloc[0] if "paper_dataset" in part else dataset
+            paper_name = paper_names.get((dataset, budget), dataset)
+            if experiment is None and not (paper["table"].isin([1, 2, 3]) & (paper["dataset"] == paper_name)).any():
+                grid.notes += (f"The paper has no numbers for dataset '{paper_name}': nothing to compare with.",)
             grid.paper = {}
             paper_metrics = METRICS if experiment is None else [m for m in metrics if m in paper_rows()]
             for m in paper_metrics:
@@ -205,8 +261,8 @@ def build_grids(rows: pd.DataFrame, compare: str | None = None, datasets: list[s
                     table = main[main["attack"] != "average"].pivot_table(index="attack", columns="defense", values=m)
                     table = table.reindex(index=[base_attack[a] for a in attacks], columns=[base_defense[d] for d in defenses])
                     table.index, table.columns = attacks, defenses
-                if averaged:  # the paper's average over the attacks of this grid, so the Average rows compare like with like
-                    table.loc[AVERAGE] = table.mean(axis=0)
+                if averaged:  # the paper's average over the same attacks as ours, so the Average rows compare like with like
+                    table.loc[AVERAGE] = table.loc[complete].mean(axis=0) if complete else float("nan")
                 grid.paper[m] = table
         grids.append(grid)
     return grids
@@ -229,6 +285,7 @@ def _best(grid: Grid, attack: str) -> dict[str, set[str]]:
 
 def _columns(grid: Grid) -> list[tuple[str, str, str]]:
     """(defense, metric, kind) for each column; kind is ours, paper or diff."""
+
     def kinds(metric: str) -> tuple[str, ...]:
         return ("ours", "paper", "diff") if grid.paper is not None and metric in grid.paper else ("ours",)
 
@@ -264,8 +321,12 @@ def _title(grid: Grid) -> str:
 
 def to_markdown(grid: Grid) -> str:
     cols = _columns(grid)
-    lines = [f"### {_title(grid)}", "", "| attack | " + " | ".join(f"{d} {_header(m, k)}" for d, m, k in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
+    lines = [
+        f"### {_title(grid)}",
+        "",
+        "| attack | " + " | ".join(f"{d} {_header(m, k)}" for d, m, k in cols) + " |",
+        "|---|" + "---:|" * len(cols),
+    ]
     for attack in grid.attacks:
         best = _best(grid, attack)
         cells = []
@@ -275,22 +336,43 @@ def to_markdown(grid: Grid) -> str:
         lines.append(f"| {attack} | " + " | ".join(cells) + " |")
     if grid.failures:
         lines += ["", "Failed cells (the next `benchbd run` retries them):", *(f"- {line}" for line in grid.failures)]
+    lines += [f"\n{note}" for note in grid.notes] + [f"\n**Warning**: {warning}" for warning in grid.data_warnings]
     return "\n".join(lines) + "\n"
 
 
+TEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+}
+
+
 def _tex(text: str) -> str:
-    return text.replace("\\", r"\textbackslash{}").replace("_", r"\_").replace("&", r"\&").replace("%", r"\%").replace("#", r"\#")
+    """Every LaTeX special character escaped."""
+    return "".join(TEX_SPECIAL.get(ch, ch) for ch in text)
 
 
 def to_latex(grid: Grid) -> str:
     cols = _columns(grid)
     width = {d: sum(1 for c in cols if c[0] == d) for d in grid.defenses}
-    out = [f"% {_title(grid)}", r"\begin{tabular}{l" + "r" * len(cols) + "}", r"\hline",
-           "Attack & " + " & ".join(rf"\multicolumn{{{width[d]}}}{{c}}{{{_tex(d)}}}" for d in grid.defenses) + r" \\",
-           " & " + " & ".join(_header(m, k).replace("Δ", r"$\Delta$") for _, m, k in cols) + r" \\", r"\hline"]
+    out = [
+        f"% {_title(grid)}",
+        r"\begin{tabular}{l" + "r" * len(cols) + "}",
+        r"\toprule",
+        "Attack & " + " & ".join(rf"\multicolumn{{{width[d]}}}{{c}}{{{_tex(d)}}}" for d in grid.defenses) + r" \\",
+        " & " + " & ".join(_header(m, k).replace("Δ", r"$\Delta$") for _, m, k in cols) + r" \\",
+        r"\midrule",
+    ]
     for attack in grid.attacks:
         if attack == AVERAGE:
-            out.append(r"\hline")
+            out.append(r"\midrule")
         best = _best(grid, attack)
         cells = []
         for d, m, k in cols:
@@ -298,7 +380,13 @@ def to_latex(grid: Grid) -> str:
             text = text.replace("±", r"$\pm$").replace("–", "--")
             cells.append(rf"\textbf{{{text}}}" if k == "ours" and d in best.get(m, ()) and text != "--" else text)
         out.append(f"{_tex(attack)} & " + " & ".join(cells) + r" \\")
-    out += [r"\hline", r"\end{tabular}", *(f"% failed: {line}" for line in grid.failures)]
+    out += [
+        r"\bottomrule",
+        r"\end{tabular}",
+        *(f"% failed: {line}" for line in grid.failures),
+        *(f"% {note}" for note in grid.notes),
+        *(f"% warning: {w}" for w in grid.data_warnings),
+    ]
     return "\n".join(out) + "\n"
 
 
@@ -314,8 +402,12 @@ def to_html(grid: Grid) -> str:
             text = html.escape(text)
             cells.append(f"<td><b>{text}</b></td>" if k == "ours" and d in best.get(m, ()) and text != "–" else f"<td>{text}</td>")
         body.append(f"<tr><th>{html.escape(attack)}</th>{''.join(cells)}</tr>")
-    return (f"<table>\n<caption>{html.escape(_title(grid))}</caption>\n<thead><tr><th>attack</th>{head}</tr></thead>\n"
-            f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n")
+    notes = "".join(f"<p>{html.escape(n)}</p>\n" for n in grid.notes)
+    notes += "".join(f"<p><b>Warning</b>: {html.escape(w)}</p>\n" for w in grid.data_warnings)
+    return (
+        f"<table>\n<caption>{html.escape(_title(grid))}</caption>\n<thead><tr><th>attack</th>{head}</tr></thead>\n"
+        f"<tbody>\n" + "\n".join(body) + "\n</tbody>\n</table>\n" + notes
+    )
 
 
 def to_csv(grids: list[Grid]) -> str:
@@ -324,9 +416,14 @@ def to_csv(grids: list[Grid]) -> str:
     for grid in grids:
         for attack in grid.attacks:
             for defense in grid.defenses:
-                rec = {"dataset": grid.dataset, "budget": grid.budget, "attack": attack, "defense": defense,
-                       "seeds": grid.seeds.at[attack, defense] if attack in grid.seeds.index else None,
-                       "failed": (attack, defense) in grid.failed}
+                rec = {
+                    "dataset": grid.dataset,
+                    "budget": grid.budget,
+                    "attack": attack,
+                    "defense": defense,
+                    "seeds": grid.seeds.at[attack, defense] if attack in grid.seeds.index else None,
+                    "failed": (attack, defense) in grid.failed,
+                }
                 for m in grid.metrics:
                     rec[m] = grid.mean[m].at[attack, defense]
                     rec[f"{m}_std"] = grid.std[m].at[attack, defense]
@@ -334,11 +431,21 @@ def to_csv(grids: list[Grid]) -> str:
                         rec[f"{m}_paper"] = grid.paper[m].at[attack, defense]
                         rec[f"{m}_diff"] = rec[m] - rec[f"{m}_paper"]
                 records.append(rec)
-    return pd.DataFrame(records).round(4).to_csv(index=False)
+    frame = pd.DataFrame(records).round(4)
+    frame["seeds"] = frame["seeds"].astype("Int64")  # a count: 1, not 1.0 (empty where no seed ran)
+    return frame.to_csv(index=False)
 
 
-def render(rows: pd.DataFrame, fmt: str = "markdown", compare: str | None = None, datasets=None, budgets=None, extra=(),
-           experiment=None, members=None) -> str:
+def render(
+    rows: pd.DataFrame,
+    fmt: str = "markdown",
+    compare: str | None = None,
+    datasets=None,
+    budgets=None,
+    extra=(),
+    experiment=None,
+    members=None,
+) -> str:
     if fmt not in FORMATS:
         raise unknown("format", fmt, FORMATS)
     if compare not in (None, "paper"):
@@ -347,4 +454,25 @@ def render(rows: pd.DataFrame, fmt: str = "markdown", compare: str | None = None
     if fmt == "csv":
         return to_csv(grids)
     render_one = {"markdown": to_markdown, "latex": to_latex, "html": to_html}[fmt]
-    return "\n".join(render_one(g) for g in grids)
+    text = "\n".join(render_one(g) for g in grids)
+    return html_page("benchbd results", text) if fmt == "html" else text
+
+
+HTML_STYLE = """
+body { font: 14px/1.4 system-ui, sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 1em 0; }
+caption { font-weight: 600; text-align: left; padding: 0.4em 0; }
+th, td { border-bottom: 1px solid #ddd; padding: 0.3em 0.7em; text-align: right; font-variant-numeric: tabular-nums; }
+th:first-child { text-align: left; }
+thead th { border-bottom: 2px solid #444; }
+tbody tr:last-child th, tbody tr:last-child td { border-bottom: 2px solid #444; }
+p { max-width: 60em; }
+"""
+
+
+def html_page(title: str, body: str) -> str:
+    """A standalone, styled HTML document (no network needed to show it)."""
+    return (
+        f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
+        f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+    )

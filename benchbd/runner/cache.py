@@ -5,6 +5,7 @@ determines it, with a sha256 sidecar. A corrupt or half-written entry is rebuilt
 Concurrent cells (worker processes, Ray tasks on shared storage) that need the same artifact
 build it once: the builder holds a lock file, the others wait for it and then load.
 """
+
 from __future__ import annotations
 
 import fcntl

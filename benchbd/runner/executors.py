@@ -4,13 +4,15 @@ share the machine's GPUs (`LocalProcesses`, K cells per GPU), or as Ray tasks on
 directory; a worker that dies loses only its cell, which is retried and otherwise recorded as
 failed (the next run retries it again).
 """
+
 from __future__ import annotations
 
 import collections
 import dataclasses
 import math
-import os
 import multiprocessing.connection
+import os
+import signal
 import time
 from pathlib import Path
 from typing import Callable
@@ -100,10 +102,15 @@ def _worker(slot: int, device: str, results_root: str, cache_root: str, threads:
     from .grid import Runner
     from .results import Results
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the driver alone handles it
     torch.set_num_threads(threads)
     outbox = PipeSender(connection)
-    runner = Runner(Results(results_root), Cache(cache_root, warn=lambda text: outbox.put(("warn", slot, text))),
-                    device=device, progress=QueueProgress(slot, outbox))
+    runner = Runner(
+        Results(results_root),
+        Cache(cache_root, warn=lambda text: outbox.put(("warn", slot, text))),
+        device=device,
+        progress=QueueProgress(slot, outbox),
+    )
     while True:
         item = inbox.get()
         if item is None:
@@ -134,8 +141,11 @@ class LocalProcesses:
         def start(slot: int) -> None:
             inbox = ctx.Queue()
             receiver, sender = ctx.Pipe(duplex=False)
-            process = ctx.Process(target=_worker, daemon=True, args=(slot, self.slots[slot], str(runner.results.root),
-                                                                       str(runner.cache.root), self.threads, inbox, sender))
+            process = ctx.Process(
+                target=_worker,
+                daemon=True,
+                args=(slot, self.slots[slot], str(runner.results.root), str(runner.cache.root), self.threads, inbox, sender),
+            )
             process.start()
             sender.close()  # the worker holds the writing end; the pipe reads EOF when it dies
             workers[slot] = {"process": process, "inbox": inbox, "pipe": receiver, "cell": None}
@@ -189,6 +199,10 @@ class LocalProcesses:
                         start(slot)
                     else:
                         del workers[slot]
+        except BaseException:  # Ctrl-C or an error in the driver: the cells in flight are abandoned, not awaited
+            for worker in workers.values():
+                worker["process"].kill()
+            raise
         finally:
             for worker in workers.values():
                 if worker["process"].is_alive():
@@ -251,8 +265,9 @@ class RayExecutor:
         if not ray.is_initialized():
             ray.init(address=self.address, include_dashboard=False, log_to_driver=False)
         gpus = ray.cluster_resources().get("GPU", 0) if runner.device.type == "cuda" else 0
-        task = ray.remote(_ray_cell).options(num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell if gpus else 0,
-                                             max_retries=self.retries)
+        task = ray.remote(_ray_cell).options(
+            num_cpus=self.cpus_per_cell, num_gpus=self.gpus_per_cell if gpus else 0, max_retries=self.retries
+        )
         # Tasks are submitted as slots free up (not all at once), so that a time limit can stop
         # submitting while the cells in flight finish.
         slots = max(1, int(gpus / self.gpus_per_cell) if gpus else int(ray.cluster_resources().get("CPU", 1) / self.cpus_per_cell))
@@ -264,8 +279,15 @@ class RayExecutor:
                 cell = todo.popleft()
                 ref = data_refs.setdefault(id(cell.data), ray.put(cell.data))
                 stripped = dataclasses.replace(cell, data=None)
-                pending[task.remote(stripped, ref, str(Path(runner.results.root).resolve()), str(Path(runner.cache.root).resolve()),
-                                    "cuda" if gpus else "cpu")] = cell
+                pending[
+                    task.remote(
+                        stripped,
+                        ref,
+                        str(Path(runner.results.root).resolve()),
+                        str(Path(runner.cache.root).resolve()),
+                        "cuda" if gpus else "cpu",
+                    )
+                ] = cell
             if not pending:
                 break
             done, _ = ray.wait(list(pending), num_returns=1)
@@ -289,10 +311,10 @@ def default_jobs_per_gpu(device: torch.device, image_size: int) -> int:
 
 @dataclasses.dataclass
 class ExecutorOptions:
-    device: str = "auto"                 # auto: every visible GPU, else the CPU
-    jobs_per_gpu: int | None = None      # None: from free memory on CUDA, 1 on the CPU
-    retries: int = 1                     # reruns of a cell whose worker died, in the same run
-    address: str | None = None           # Ray cluster address (ray only)
+    device: str = "auto"  # auto: every visible GPU, else the CPU
+    jobs_per_gpu: int | None = None  # None: from free memory on CUDA, 1 on the CPU
+    retries: int = 1  # reruns of a cell whose worker died, in the same run
+    address: str | None = None  # Ray cluster address (ray only)
 
 
 def _local(runner, cells: list, options: ExecutorOptions):
@@ -316,7 +338,8 @@ def _ray(runner, cells: list, options: ExecutorOptions):
 EXECUTORS = {"local": _local, "ray": _ray}
 
 
-def make_executor(name: str, runner, cells: list, options: ExecutorOptions):
+def check_options(name: str, options: ExecutorOptions) -> None:
+    """Refuse a bad executor or option before anything is planned (also under --dry-run)."""
     from ..errors import unknown
 
     if name not in EXECUTORS:
@@ -325,4 +348,8 @@ def make_executor(name: str, runner, cells: list, options: ExecutorOptions):
         raise BenchbdError(f"--jobs-per-gpu {options.jobs_per_gpu} is invalid: must be at least 1")
     if options.retries < 0:
         raise BenchbdError(f"--retries {options.retries} is invalid: must be 0 or more")
+
+
+def make_executor(name: str, runner, cells: list, options: ExecutorOptions):
+    check_options(name, options)
     return EXECUTORS[name](runner, cells, options)

@@ -1,8 +1,10 @@
 """The runner: expand a (dataset x attack x defense x seed) grid, resolve and validate every
 parameter before any training, then run each cell, reusing cached artifacts, and write one
 result row per finished cell. It knows no method by name: only the interfaces."""
+
 from __future__ import annotations
 
+import dataclasses
 import functools
 import platform
 import subprocess
@@ -50,7 +52,12 @@ class Cell:
         return f"{self.dataset_name} / {self.attack.name} / {self.defense.name} / seed {self.seed}"
 
     def poison_identity(self) -> dict:
-        identity = {"dataset": self.dataset.identity(), "holdout": self.dataset.params.holdout_fraction, "seed": self.seed, **self.attack.identity()}
+        identity = {
+            "dataset": self.dataset.identity(),
+            "holdout": self.dataset.params.holdout_fraction,
+            "seed": self.seed,
+            **self.attack.identity(),
+        }
         if self.attack.trains_surrogate:  # the poisoned images depend on how the surrogate was trained
             identity["surrogate"] = {"model": self.model_name, "recipe": as_dict(self.normal_recipe), "budget": self.budget}
         return identity
@@ -64,9 +71,17 @@ class Cell:
 
     @property
     def key(self) -> str:
-        return content_key({"dataset": self.dataset_name, "poison": self.poison_identity(), "defense": self.defense.name,
-                            "defense_version": self.defense.version, "params": self.params(), "budget": self.budget,
-                            "trainer": TRAINER_VERSION})
+        return content_key(
+            {
+                "dataset": self.dataset_name,
+                "poison": self.poison_identity(),
+                "defense": self.defense.name,
+                "defense_version": self.defense.version,
+                "params": self.params(),
+                "budget": self.budget,
+                "trainer": TRAINER_VERSION,
+            }
+        )
 
 
 @dataclass
@@ -91,8 +106,16 @@ def git_commit() -> str:
 
 
 class Runner:
-    def __init__(self, results: Results, cache: Cache, layers: Layers | None = None, data_root: Path | None = None,
-                 device: str = "auto", progress: NullProgress | None = None, warn: Callable[[str], None] = print):
+    def __init__(
+        self,
+        results: Results,
+        cache: Cache,
+        layers: Layers | None = None,
+        data_root: Path | None = None,
+        device: str = "auto",
+        progress: NullProgress | None = None,
+        warn: Callable[[str], None] = print,
+    ):
         self.results = results
         self.cache = cache
         self.layers = layers or Layers()
@@ -108,24 +131,32 @@ class Runner:
         return self.deadline is not None and time.monotonic() >= self.deadline
 
     # ---- planning: every name and parameter is checked before anything trains
-    def plan(self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str,
-             layers: Layers | None = None) -> list[Cell]:
+    def plan(
+        self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str, layers: Layers | None = None
+    ) -> list[Cell]:
         """Every cell of the grid, parameters resolved from `layers` (default: the runner's)."""
         layers = layers or self.layers
         budget = BUDGETS.resolve(budget)
         attack_names = ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])
         defense_names = DEFENSES.expand(defenses)
         for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("dataset", DATASETS)):
-            layers.check_names(kind, {name: registry.get(name).Params for name in registry.names()})
-        layers.check_names("train", {"normal": TrainRecipe})
+            layers.check_names(kind, {name: registry.get(name).Params for name in registry.names()}, DATASETS.names())
+        layers.check_names("train", {"normal": TrainRecipe}, DATASETS.names())
         cells = []
         for spec in datasets:
             label, name, dataset, data = self.dataset(spec, layers)
             num_classes = len(data.classes)
             n_holdout = int(round(dataset.params.holdout_fraction * len(data.train)))
+            if n_holdout < 1:
+                raise BenchbdError(
+                    f"dataset.{name}.holdout_fraction={dataset.params.holdout_fraction} leaves no holdout image of "
+                    f"{len(data.train)} training images: valid at least {1 / len(data.train):.2g}"
+                )
             if dataset.params.holdout_size is not None and dataset.params.holdout_size > n_holdout:
-                raise BenchbdError(f"dataset.{name}.holdout_size={dataset.params.holdout_size} is more than the holdout of {label} "
-                                   f"({n_holdout} images at holdout_fraction={dataset.params.holdout_fraction}): valid 1..{n_holdout}")
+                raise BenchbdError(
+                    f"dataset.{name}.holdout_size={dataset.params.holdout_size} is more than the holdout of {label} "
+                    f"({n_holdout} images at holdout_fraction={dataset.params.holdout_fraction}): valid 1..{n_holdout}"
+                )
             recipe = layers.params("train", "normal", name, TrainRecipe)
             pipeline = dataset.pipeline
             architecture = create_model(dataset.params.model, num_classes, mean=pipeline.mean, std=pipeline.std)
@@ -148,13 +179,18 @@ class Runner:
         return (spec if path else name), name, dataset, self.load(dataset)
 
     def attack(self, name: str, dataset_name: str, data: LoadedData, layers: Layers | None = None) -> Attack:
+        layers = layers or self.layers
         cls = ATTACKS.get(name)
-        return cls((layers or self.layers).params("attack", name, dataset_name, cls.Params), len(data.classes), data.train.images.shape[1], name)
+        attack = cls(layers.params("attack", name, dataset_name, cls.Params), len(data.classes), data.train.images.shape[1], name)
+        attack.resolve_parts(lambda other: layers.params("attack", other, dataset_name, ATTACKS.get(other).Params))
+        return attack
 
     def load(self, dataset: Dataset) -> LoadedData:
         key = content_key(dataset.identity())
         if key not in self._loaded:
             self._loaded[key] = dataset.load()
+            for warning in self._loaded[key].warnings:
+                self.warn(f"warning: {warning}")
         return self._loaded[key]
 
     # ---- running
@@ -189,15 +225,32 @@ class Runner:
             return self.failed_row(cell, reason)
 
     def failed_row(self, cell: Cell, reason: str, wall_time_s: float = 0.0) -> dict:
-        return {**self._identity_row(cell), "status": "failed", "error": reason, "ca": float("nan"), "asr": float("nan"),
-                "wall_time_s": round(wall_time_s, 3)}
+        return {
+            **self._identity_row(cell),
+            "status": "failed",
+            "error": reason,
+            "ca": float("nan"),
+            "asr": float("nan"),
+            "wall_time_s": round(wall_time_s, 3),
+        }
 
     def _identity_row(self, cell: Cell) -> dict:
         return {
-            "cell_key": cell.key, "dataset": cell.dataset_name, "paper_dataset": cell.dataset.paper_dataset or cell.dataset_name,
-            "attack": cell.attack.name, "defense": cell.defense.name, "seed": cell.seed, "budget": cell.budget, "model": cell.model_name,
-            "params": cell.params(), "device": self.device_name(), "benchbd_version": __version__, "git_commit": git_commit(),
-            "torch_version": torch.__version__, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "cell_key": cell.key,
+            "dataset": cell.dataset_name,
+            "paper_dataset": cell.dataset.paper_dataset or cell.dataset_name,
+            "attack": cell.attack.name,
+            "defense": cell.defense.name,
+            "seed": cell.seed,
+            "budget": cell.budget,
+            "model": cell.model_name,
+            "params": cell.params(),
+            **({"data_warnings": cell.data.warnings} if cell.data.warnings else {}),
+            "device": self.device_name(),
+            "benchbd_version": __version__,
+            "git_commit": git_commit(),
+            "torch_version": torch.__version__,
+            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
 
     @staticmethod
@@ -213,10 +266,17 @@ class Runner:
         ca, asr, n_asr = self.evaluate(outcome.trainer, outcome.model, cell.attack, outcome.splits.test)
         splits = outcome.splits
         row = {
-            **self._identity_row(cell), "status": "ok", "ca": ca, "asr": asr,
-            "n_test": len(splits.test), "n_asr": n_asr, "n_train": len(splits.train),
+            **self._identity_row(cell),
+            "status": "ok",
+            "ca": ca,
+            "asr": asr,
+            "n_test": len(splits.test),
+            "n_asr": n_asr,
+            "n_train": len(splits.train),
             "n_holdout": len(splits.holdout if outcome.context.holdout is None else outcome.context.holdout),
-            "metrics": outcome.context.metrics, "cached": outcome.cached, "wall_time_s": round(time.perf_counter() - outcome.started, 3),
+            "metrics": outcome.context.metrics,
+            "cached": outcome.cached,
+            "wall_time_s": round(time.perf_counter() - outcome.started, 3),
         }
         if self.device.type == "cuda":
             row["peak_gpu_memory_mib"] = round(torch.cuda.max_memory_allocated(self.device) / 2**20, 1)
@@ -239,12 +299,15 @@ class Runner:
         cached = {}
         if needs & {Need.POISONED_TRAIN, Need.BACKDOORED_MODEL}:
             poisoned, cached["poisoned_split"] = self.poisoned_split(cell, splits, trainer, new_model)
-            if Need.POISONED_TRAIN in needs:
-                ctx.poisoned_train = poisoned
+            if Need.POISONED_TRAIN in needs:  # the attacker's training control only where it reaches (Defense docs)
+                ctx.poisoned_train = (
+                    poisoned if cell.defense.attacker_controls_training else dataclasses.replace(poisoned, training_control=None)
+                )
             if Need.BACKDOORED_MODEL in needs:
                 self.progress.stage("backdoored model")
                 ctx.backdoored_model, cached["backdoored_model"] = self.trained_model(
-                    cell, trainer, new_model, "backdoored", {"poison": cell.poison_identity()}, poisoned.plus_clean(splits.holdout))
+                    cell, trainer, new_model, "backdoored", {"poison": cell.poison_identity()}, poisoned.plus_clean(splits.holdout)
+                )
         if Need.HOLDOUT in needs:
             ctx.holdout = limit_holdout(splits.holdout, cell.dataset.params.holdout_size, seed)
         self.progress.stage(f"defense {cell.defense.name}")
@@ -284,13 +347,21 @@ class Runner:
         art, hit = self.cache.get_or_build("poisoned", cell.poison_identity(), build)
         images = splits.train.images.clone()
         images[art["indices"]] = art["images"]
-        return PoisonedSplit(images, art["labels"], poisoned=art["indices"], training_loss=cell.attack.training_loss), hit
+        return PoisonedSplit(images, art["labels"], poisoned=art["indices"], training_control=cell.attack.training_control), hit
 
     def defense_model(self, cell: Cell, purpose: str, identity: dict, model: torch.nn.Module, train) -> bool:
         """A defense's intermediate model (T&R's stage 1), cached by what determines it; True on a hit."""
-        key = {"defense": cell.defense.name, "version": cell.defense.version, "purpose": purpose, "settings": identity,
-               "poison": cell.poison_identity(), "seed": cell.seed, "model": cell.model_name, "budget": cell.budget,
-               "trainer": TRAINER_VERSION}
+        key = {
+            "defense": cell.defense.name,
+            "version": cell.defense.version,
+            "purpose": purpose,
+            "settings": identity,
+            "poison": cell.poison_identity(),
+            "seed": cell.seed,
+            "model": cell.model_name,
+            "budget": cell.budget,
+            "trainer": TRAINER_VERSION,
+        }
 
         def build():
             train(model)
@@ -301,7 +372,9 @@ class Runner:
             model.load_state_dict(state)
         return hit
 
-    def trained_model(self, cell: Cell, trainer: Trainer, new_model, purpose: str, identity: dict, data: Split) -> tuple[torch.nn.Module, bool]:
+    def trained_model(
+        self, cell: Cell, trainer: Trainer, new_model, purpose: str, identity: dict, data: Split
+    ) -> tuple[torch.nn.Module, bool]:
         """A model normally trained on `data` (the normal recipe and the cell's budget), cached.
 
         `identity` must pin down `data`; the seed, holdout, model, recipe and budget are added here."""
@@ -312,8 +385,16 @@ class Runner:
         def build():
             return trainer.fit(model, data, cell.normal_recipe, desc=purpose).state_dict()
 
-        key = {**identity, "purpose": purpose, "seed": cell.seed, "holdout": cell.dataset.params.holdout_fraction,
-               "model": cell.model_name, "recipe": as_dict(cell.normal_recipe), "budget": cell.budget, "trainer": TRAINER_VERSION}
+        key = {
+            **identity,
+            "purpose": purpose,
+            "seed": cell.seed,
+            "holdout": cell.dataset.params.holdout_fraction,
+            "model": cell.model_name,
+            "recipe": as_dict(cell.normal_recipe),
+            "budget": cell.budget,
+            "trainer": TRAINER_VERSION,
+        }
         state, hit = self.cache.get_or_build(purpose.replace(" ", "_"), key, build)
         model.load_state_dict(state)
         return model, hit

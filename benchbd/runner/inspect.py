@@ -1,5 +1,6 @@
 """Models for figures that look inside a defended network (PCA of stem features, reconstructions):
 one cell is planned and defended exactly as in a grid (same cache entries, same result row)."""
+
 from __future__ import annotations
 
 import torch
@@ -15,7 +16,7 @@ def defend_one(runner: Runner, dataset: str, attack: str, defense: str, seed: in
     from ..experiments import Column
 
     column = Column.parse(defense)
-    cell, = runner.plan([dataset], attack, column.defense, [seed], budget, layers=runner.layers.with_sets(column.layer()))
+    (cell,) = runner.plan([dataset], attack, column.defense, [seed], budget, layers=runner.layers.with_sets(column.layer()))
     outcome = runner.defend(cell)
     if not runner.results.done(cell.key):
         with runner.results.lock():
@@ -36,8 +37,10 @@ def stem_features(outcome: Defended, images: torch.Tensor, split: int | None = N
         stem = model.stem(model.default_split if split is None else split)
         extract = stem
     else:
-        raise BenchbdError(f"the defended model ({type(model).__name__}) has no stem to take features from; "
-                           "figures of stem features need a SplitNet or a model with `stem_features`")
+        raise BenchbdError(
+            f"the defended model ({type(model).__name__}) has no stem to take features from; "
+            "figures of stem features need a SplitNet or a model with `stem_features`"
+        )
     model = trainer.prepare(model).eval()
     out = []
     for _, x in trainer.inputs(images, 512):
@@ -51,8 +54,10 @@ def reconstructions(outcome: Defended, images: torch.Tensor) -> tuple[torch.Tens
     """(model inputs, the defense's stage-1 reconstructions of them), both uint8 [N, H, W, 3]."""
     network = outcome.context.artifacts.get("reconstruction")
     if network is None:
-        raise BenchbdError("this defense exposes no reconstruction network: `plot recon` needs T&R (or a defense that "
-                           "puts a model with `reconstruct` in ctx.artifacts['reconstruction']) with a reconstruction weight > 0")
+        raise BenchbdError(
+            "this defense exposes no reconstruction network: `plot recon` needs T&R (or a defense that "
+            "puts a model with `reconstruct` in ctx.artifacts['reconstruction']) with a reconstruction weight > 0"
+        )
     trainer = outcome.trainer
     network = trainer.prepare(network).eval()
     inputs, outputs = [], []

@@ -5,6 +5,7 @@ classification layer, and train a new one on the clean holdout. Use it with
 `benchbd run --plugin benchbd_example_plugin --defenses reinit_fc ...`, or list the module
 in your package's `benchbd.plugins` entry-point group.
 """
+
 from dataclasses import dataclass, field
 
 from torch import nn
