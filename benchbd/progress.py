@@ -185,7 +185,7 @@ class LineProgress(SlottedProgress):
     cell start and stage, one per training epoch (loss, images/s, ETA of the run), one per finished
     cell (ASR, CA, wall time) with the grid's ETA. Step counts alone print at most every `every_s`."""
 
-    def __init__(self, stream=None, results: str | None = None, every_s: float = 60.0):
+    def __init__(self, stream=None, results: str | None = None, every_s: float = 300.0):
         self.stream = stream or sys.stderr
         self.results, self.every_s = results, every_s
         self.total = self.finished = 0

@@ -173,6 +173,8 @@ def test_average_covers_only_attacks_every_column_has():
     assert grid.mean["asr"].at["Average", "none"] == pytest.approx((99.0 + 99.0) / 2)  # sig left out for every column
     assert grid.mean["asr"].at["Average", "tnr"] == pytest.approx((3.0 + 10.0) / 2)
     assert grid.paper["asr"].at["Average", "none"] == pytest.approx(grid.paper["asr"].loc[["badnet_grid", "blend"], "none"].mean())
+    average = next(line for line in render(data, "csv").splitlines() if ",Average,none," in line)
+    assert ",badnet_grid;blend," in average  # the CSV says which attacks its Average covers
     for fmt, marker in (
         ("markdown", "Average: over the 2 attack(s) every column has; left out (a cell failed or is missing): sig"),
         ("latex", "% Average: over the 2 attack(s)"),

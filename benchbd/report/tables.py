@@ -50,6 +50,7 @@ class Grid:
     failures: tuple[str, ...] = ()  # one line per failed row: where, and why
     data_warnings: tuple[str, ...] = ()  # what the rows say about their data (a dataset of the wrong size)
     notes: tuple[str, ...] = ()  # how to read the grid (an Average over fewer attacks, no paper numbers)
+    averaged_over: tuple[str, ...] = ()  # the attacks the Average row covers (those every column has)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -246,6 +247,7 @@ def build_grids(
             failures=failures,
             data_warnings=data_warnings,
             notes=tuple(notes),
+            averaged_over=tuple(complete) if averaged else (),
         )
         if compare == "paper":
             paper_name = paper_names.get((dataset, budget), dataset)
@@ -423,6 +425,7 @@ def to_csv(grids: list[Grid]) -> str:
                     "defense": defense,
                     "seeds": grid.seeds.at[attack, defense] if attack in grid.seeds.index else None,
                     "failed": (attack, defense) in grid.failed,
+                    "averaged_over": ";".join(grid.averaged_over) if attack == AVERAGE else "",
                 }
                 for m in grid.metrics:
                     rec[m] = grid.mean[m].at[attack, defense]
