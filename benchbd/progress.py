@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import abc
 import sys
 import time
 from datetime import datetime
@@ -46,14 +47,15 @@ class NullProgress:
         """The training run finished."""
 
 
-class SlottedProgress(NullProgress):
+class SlottedProgress(NullProgress, abc.ABC):
     """A display with one view per running cell (a worker slot, or None for this process): the
     NullProgress calls made on the display itself go to the view of slot None."""
 
     slots: dict
 
+    @abc.abstractmethod
     def make_view(self, slot: int | None) -> NullProgress:
-        raise NotImplementedError
+        """The view of one slot (made on first use)."""
 
     def view(self, slot: int | None) -> NullProgress:
         if slot not in self.slots:

@@ -7,18 +7,7 @@ from click.testing import CliRunner
 from benchbd.cli import main
 
 from .conftest import REPO
-
-SYN = [
-    "--dataset",
-    "synthetic",
-    "--set",
-    "dataset.synthetic.n_train=300",
-    "--set",
-    "dataset.synthetic.n_test=100",
-    "--budget",
-    "smoke",
-    "--quiet",
-]
+from .test_cli import SYN  # the same tiny synthetic grid
 
 
 def invoke(*args):
