@@ -109,8 +109,10 @@ class TrapAndReplace(Defense):
     attacker_controls_training = True  # stage 1 is the victim's training with T&R's terms added
 
     def check_model(self, model) -> None:
+        if self.params.split is None:  # the model's own split: nothing to check (and no forward passes to run)
+            return
         valid = model.decodable_splits()
-        if self.params.split is not None and self.params.split not in valid:
+        if self.params.split not in valid:
             raise BenchbdError(
                 f"defense.{self.name}.split={self.params.split} is out of range for {type(model).__name__}: "
                 f"valid {valid[0]}..{valid[-1]} (default {model.default_split}; a stem that keeps the input "
