@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import sys
@@ -348,11 +349,9 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
         layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
         Console().print(parameter_table(what, name, dataset, layers))
         return
-    import torch
-
     from .attacks import ATTACKS
     from .config import Layers, parse_set
-    from .report.gallery import attack_gallery
+    from .report.gallery import attack_gallery, gallery_image
     from .runner import Cache, Results, Runner
 
     if what != "attacks":
@@ -360,10 +359,7 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
     runner = Runner(Results("."), Cache("."), Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
     label, name, _, data = runner.dataset(dataset)
     chosen = [runner.attack(a, name, data) for a in ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])]
-    candidates = torch.nonzero(data.test.labels != chosen[0].params.target).flatten()
-    if not 0 <= index < len(candidates):
-        raise BenchbdError(f"--index {index} is out of range: valid 0..{len(candidates) - 1}")
-    path = attack_gallery(chosen, data.test.images[candidates[index]], out, amplify, f"{label}: triggers")
+    path = attack_gallery(chosen, gallery_image(data, chosen, index), out, amplify, f"{label}: triggers")
     click.echo(f"wrote {path}")
 
 
@@ -406,6 +402,41 @@ def _writable_dir(path: Path, what: str) -> None:
         probe.unlink()
     except OSError as exc:
         raise BenchbdError(f"cannot write to the {what} '{path}': {exc.strerror or exc}") from None
+
+
+@main.command()
+@click.option(
+    "--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Results directory to read."
+)
+@click.option(
+    "--out", default="report.html", show_default=True, type=click.Path(dir_okay=False), help="HTML file to write (one self-contained page)."
+)
+@click.option("--compare", default="paper", show_default=True, help="'paper': the paper's numbers beside ours; 'none': ours only.")
+@click.option("--dataset", "datasets", default=None, help="Only these datasets (comma-separated).")
+@click.option("--budget", "budgets", default=None, help="Only these budgets (comma-separated).")
+@click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP + " Used for the trigger gallery.")
+@click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help=SET_HELP)
+@plugin_option
+def report(results_dir, out, compare, datasets, budgets, data_root, sets, plugins):
+    """One self-contained HTML page of a results directory: provenance, every grid beside the paper's,
+    the CA-vs-ASR scatter with each point labelled by attack, and the trigger gallery."""
+    _load_plugins(plugins)
+    from .config import Layers, parse_set
+    from .report.page import report_page
+    from .runner import Cache, Results, Runner
+
+    if compare not in ("paper", "none"):
+        raise unknown("--compare source", compare, ["paper", "none"])
+    if not Path(results_dir).is_dir():
+        raise BenchbdError(f"results directory '{results_dir}' does not exist: run `benchbd run` first or pass --results DIR")
+    runner = Runner(Results("."), Cache("."), Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
+    warn = functools.partial(click.echo, err=True)
+    text = report_page(Path(results_dir), runner, None if compare == "none" else compare, _names(datasets), _names(budgets), warn)
+    path = Path(out)
+    if not path.suffix:
+        path = path.with_name(path.name + ".html")
+    _write(path, text)
+    click.echo(f"wrote {path}")
 
 
 @main.command()

@@ -11,6 +11,17 @@ import torch
 from .figures import pyplot, save
 
 
+def gallery_image(data, attacks: list, index: int) -> torch.Tensor:
+    """The `index`-th test image of `data` (uint8 [H, W, 3]) whose class is none of the attacks' targets."""
+    from ..errors import BenchbdError
+
+    targets = torch.tensor(sorted({a.params.target for a in attacks}), dtype=data.test.labels.dtype)
+    candidates = torch.nonzero(~torch.isin(data.test.labels, targets)).flatten()
+    if not 0 <= index < len(candidates):
+        raise BenchbdError(f"--index {index} is out of range: valid 0..{len(candidates) - 1}")
+    return data.test.images[candidates[index]]
+
+
 def attack_gallery(attacks: list, image: torch.Tensor, out: Path | str, amplify: float = 5.0, title: str = "") -> Path:
     """Write a PNG with one column per attack: clean, triggered, |difference| x `amplify`."""
     plt = pyplot()

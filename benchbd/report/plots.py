@@ -58,15 +58,18 @@ def pca_figure(panels: list[tuple[str, dict[str, torch.Tensor]]], out: Path | st
 
 def scatter_figure(grids: list[Grid], out: Path | str, title: str = "") -> Path:
     """CA against ASR for every (attack, defense) cell (mean over seeds), one marker per defense,
-    one panel per (dataset, budget)."""
+    each point labelled with its attack, one panel per (dataset, budget)."""
     plt = pyplot()
     fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 4.2), squeeze=False)
     for ax, grid in zip(axes[0], grids):
         attacks = [a for a in grid.attacks if a != AVERAGE]
         for i, defense in enumerate(grid.defenses):
-            asr = grid.mean["asr"].loc[attacks, defense].to_numpy(dtype=float)
+            asr = np.nan_to_num(grid.mean["asr"].loc[attacks, defense].to_numpy(dtype=float), nan=0.0)
             ca = grid.mean["ca"].loc[attacks, defense].to_numpy(dtype=float)
-            ax.scatter(np.nan_to_num(asr, nan=0.0), ca, marker=MARKERS[i % len(MARKERS)], s=28, label=defense, alpha=0.8)
+            points = ax.scatter(asr, ca, marker=MARKERS[i % len(MARKERS)], s=28, label=defense, alpha=0.8)
+            for attack, x, y in zip(attacks, asr, ca):
+                if not np.isnan(y):
+                    ax.annotate(attack, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5, color=points.get_facecolor()[0])
         ax.set_xlabel("ASR (%)")
         ax.set_ylabel("CA (%)")
         ax.set_xlim(-3, 103)

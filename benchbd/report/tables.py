@@ -473,9 +473,9 @@ p { max-width: 60em; }
 """
 
 
-def html_page(title: str, body: str) -> str:
-    """A standalone, styled HTML document (no network needed to show it)."""
+def html_page(title: str, body: str, style: str = "") -> str:
+    """A standalone, styled HTML document (no network needed to show it); `style` adds CSS rules."""
     return (
         f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}</title>\n'
-        f"<style>{HTML_STYLE}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
+        f"<style>{HTML_STYLE}{style}</style>\n</head>\n<body>\n{body}</body>\n</html>\n"
     )

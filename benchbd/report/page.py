@@ -1,0 +1,88 @@
+"""`benchbd report`: one self-contained HTML page for a results directory, for reading in a
+browser or attaching to a mail: what produced the rows, every grid (ours beside the paper's
+where the paper has the cell), the CA-against-ASR scatter and the trigger gallery. Figures are
+embedded as data URIs, styles inline: the page needs no network and no other file."""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+import pandas as pd
+
+from ..errors import BenchbdError
+from .gallery import attack_gallery, gallery_image
+from .plots import scatter_figure
+from .publish import provenance
+from .tables import build_grids, html_page, to_html
+
+REPORT_STYLE = """
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
+figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eee; }
+figcaption { color: #555; font-size: 0.9em; } .note { color: #8a5a00; } .grid { overflow-x: auto; }
+"""
+
+
+def _png(draw: Callable[[Path], Path]) -> str:
+    """Run a figure-writing function into a temporary file; return the PNG as a data URI."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = draw(Path(tmp) / "figure.png")
+        return "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode("ascii")
+
+
+def _figure(uri: str, alt: str, caption: str) -> str:
+    return f'<figure><img src="{uri}" alt="{html.escape(alt)}">\n<figcaption>{html.escape(caption)}</figcaption></figure>\n'
+
+
+def _attack_variants(rows: pd.DataFrame, dataset: str) -> list[tuple[str, dict]]:
+    """(attack name, its parameters as the rows recorded them) for each attack setting of a dataset."""
+    part = rows[rows["dataset"] == dataset]
+    seen: dict[str, tuple[str, dict]] = {}
+    for name, params in zip(part["attack"], part["params"]):
+        attack_params = (params or {}).get("attack", {}) if isinstance(params, dict) else {}
+        seen.setdefault(f"{name} {json.dumps(attack_params, sort_keys=True)}", (name, attack_params))
+    return list(seen.values())
+
+
+def _gallery(rows: pd.DataFrame, dataset: str, runner, warn: Callable[[str], None]) -> str:
+    """The trigger gallery of a dataset's attacks, drawn on one of its test images; a note instead
+    when the dataset cannot be loaded here (the rows may come from another machine)."""
+    from ..config import Layers
+
+    try:
+        _, name, _, data = runner.dataset(dataset)
+    except BenchbdError as exc:
+        message = f"no trigger gallery for {dataset}: {exc}"
+        warn(f"warning: {message}")
+        return f'<p class="note">{html.escape(message)} (pass --data-root to draw it)</p>\n'
+    attacks = []
+    for attack_name, params in _attack_variants(rows, dataset):
+        attacks.append(runner.attack(attack_name, name, data, Layers(user={"attack": {attack_name: params}})))
+    image = gallery_image(data, attacks, 0)
+    uri = _png(lambda out: attack_gallery(attacks, image, out, 5.0, f"{dataset}: triggers"))
+    return _figure(uri, f"trigger gallery of {dataset}", "Per attack: a clean test image, its triggered version, |difference| x5.")
+
+
+def report_page(results_dir: Path, runner, compare: str | None = "paper", datasets=None, budgets=None, warn=print) -> str:
+    """The whole HTML document of a results directory."""
+    from ..runner import Results
+
+    rows = Results(results_dir).load()
+    grids = build_grids(rows, compare, datasets, budgets)
+    shown = {g.dataset for g in grids}
+    parts = [f"<h1>benchbd report: {html.escape(str(results_dir))}</h1>\n", "<h2>What produced these rows</h2>\n<ul>\n"]
+    parts += [f"<li>{html.escape(line.removeprefix('- '))}</li>\n" for line in provenance(rows[rows["dataset"].isin(shown)])]
+    parts.append("</ul>\n<h2>Results</h2>\n")
+    if compare == "paper":
+        parts.append("<p>Each cell: ours, the paper's number, and ours minus the paper's (ASR and CA in %).</p>\n")
+    parts += [f'<div class="grid">{to_html(grid)}</div>\n' for grid in grids]
+    parts.append("<h2>CA against ASR</h2>\n")
+    uri = _png(lambda out: scatter_figure(grids, out, "CA against ASR per cell (mean over seeds)"))
+    parts.append(_figure(uri, "scatter of CA against ASR", "One marker per defense, each point labelled with its attack."))
+    parts.append("<h2>Trigger gallery</h2>\n")
+    parts += [_gallery(rows, dataset, runner, warn) for dataset in dict.fromkeys(g.dataset for g in grids)]
+    return html_page(f"benchbd report: {results_dir}", "".join(parts), REPORT_STYLE)
