@@ -90,12 +90,14 @@ def list_cmd(kind: str, plugins):
         table.add_column("applies")
     if kind == "attacks":
         table.add_column("label")
+        table.add_column("source")
     for entry in registries[kind].entries():
         row = [entry.name, ", ".join(entry.aliases), entry.description]
         if kind == "defenses":
             row += [", ".join(sorted(n.value for n in entry.obj.needs)), entry.obj.scenario()]
         if kind == "attacks":
-            row.append(entry.obj.label_kind() + ("" if entry.obj.in_all else ", not in 'all'"))
+            group = "" if entry.obj.group == "paper" else f", group '{entry.obj.group}'"
+            row += [entry.obj.label_kind() + ("" if entry.obj.in_all else ", not in 'all'") + group, entry.obj.source]
         if kind == "datasets" and entry.obj.takes_path:
             row[0] += ":PATH"
         table.add_row(*row)
@@ -349,7 +351,7 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
         layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
         Console().print(parameter_table(what, name, dataset, layers))
         return
-    from .attacks import ATTACKS
+    from .attacks import ATTACKS, attack_groups
     from .config import Layers, parse_set
     from .report.gallery import attack_gallery, gallery_image
     from .runner import Cache, Results, Runner
@@ -358,7 +360,7 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
         raise unknown("thing to show", what, ["attacks", "attack", "defense", "dataset", "train"])
     runner = Runner(Results("."), Cache("."), Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
     label, name, _, data = runner.dataset(dataset)
-    chosen = [runner.attack(a, name, data) for a in ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])]
+    chosen = [runner.attack(a, name, data) for a in ATTACKS.expand(attacks, attack_groups())]
     path = attack_gallery(chosen, gallery_image(data, chosen, index), out, amplify, f"{label}: triggers")
     click.echo(f"wrote {path}")
 

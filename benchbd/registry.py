@@ -88,17 +88,19 @@ class Registry(Generic[T]):
     def entries(self) -> list[Entry[T]]:
         return [self._entries[n] for n in self.names()]
 
-    def expand(self, spec: str, default_all: Iterable[str] | None = None) -> list[str]:
-        """Comma-separated names, or 'all', into canonical names in the order given.
+    def expand(self, spec: str, groups: dict[str, list[str]] | None = None) -> list[str]:
+        """Comma-separated names or group names into canonical names, in the order given.
 
-        'all' means `default_all` when given (e.g. attacks that opt out of 'all'), else every name.
-        """
+        `groups` maps a group name to its members; without it, 'all' is every name."""
+        groups = groups if groups is not None else {"all": self.names()}
         parts = [p.strip() for p in spec.split(",") if p.strip()]
         if not parts:
-            raise BenchbdError(f"no {self.kind} named; valid: all, {', '.join(self.names())}")
+            raise BenchbdError(f"no {self.kind} named; valid: {', '.join(groups)}, {', '.join(self.names())}")
         out: list[str] = []
         for part in parts:
-            chosen = list(default_all or self.names()) if part == "all" else [self.resolve(part)]
+            if part not in groups and self._resolve_quiet(part) is None:
+                raise unknown(self.kind, part, [*groups, *self._entries, *self._aliases])
+            chosen = groups[part] if part in groups else [self.resolve(part)]
             out.extend(n for n in chosen if n not in out)
         return out
 

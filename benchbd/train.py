@@ -198,8 +198,9 @@ class Trainer:
         epochs = self.budget.epochs(recipe.epochs)
         schedule = make_schedule(recipe, optimizer, epochs)
         images, labels = data.images.to(self.device), data.labels.to(self.device)
-        control = getattr(data, "training_control", None)  # an attack that controls training (lba_k)
-        poisoned = data.poison_mask.to(self.device) if control is not None else None
+        control = getattr(data, "training_control", None)  # an attack that controls training (lba_k, wanet, bpp)
+        if control is not None:
+            poisoned, eligible = data.poison_mask.to(self.device), data.eligible_mask.to(self.device)
         n, bs = len(labels), recipe.batch_size
         steps = steps_per_epoch(n, bs, self.budget)
         gen = generator(self.seed, f"fit:{desc}", self.device)
@@ -211,11 +212,15 @@ class Trainer:
                 total = torch.zeros((), device=self.device)
                 for step in range(steps):
                     index = order[step * bs : (step + 1) * bs]
-                    x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
+                    x, y = images[index], labels[index]
+                    if control is not None:
+                        x, y, backdoor = control.shape_batch(x, y, poisoned[index], eligible[index], gen)
+                    x = self.pipeline.train(x, gen) if augment else self.pipeline.test(x)
                     with self.autocast() if mixed_precision else nullcontext():
-                        value = loss(model, x, labels[index], gen)
-                        if control is not None:
-                            value = value + control.loss(labels[index], poisoned[index])
+                        value = loss(model, x, y, gen)
+                        extra = control.loss(y, backdoor) if control is not None else None
+                        if extra is not None:
+                            value = value + extra
                     optimizer.zero_grad(set_to_none=True)
                     value.backward()
                     optimizer.step()

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from . import (  # noqa: F401  (registration)
+    adaptive,
     badnet_grid,
     badnet_white,
     blend,
+    bpp,
     clean,
     l0_invisible,
     l2_invisible,
@@ -15,8 +17,9 @@ from . import (  # noqa: F401  (registration)
     smooth,
     trojan_sq,
     trojan_wm,
+    wanet,
 )
-from .base import ATTACKS, Attack, AttackParams, AttackTools
+from .base import ATTACKS, Attack, AttackParams, AttackTools, attack_groups
 
 
 def names() -> list[str]:
@@ -40,4 +43,4 @@ def create(name: str, dataset: str = "cifar10", num_classes: int | None = None, 
     return attack
 
 
-__all__ = ["ATTACKS", "Attack", "AttackParams", "AttackTools", "create", "names"]
+__all__ = ["ATTACKS", "Attack", "AttackParams", "AttackTools", "attack_groups", "create", "names"]

@@ -7,10 +7,11 @@ float, then rounded and clipped to [0, 255] (the official code truncates).
 from __future__ import annotations
 
 import abc
+import dataclasses
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-from typing import Callable, Protocol
+from typing import Callable
 
 import numpy as np
 import torch
@@ -70,8 +71,14 @@ def resize_hwc(pattern: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(pattern.permute(2, 0, 1)[None], size=(size, size), mode="bilinear", align_corners=False)[0].permute(1, 2, 0)
 
 
-class TrainingControl(Protocol):
-    """What an attack that controls training does in every step of a run on its poisoned split."""
+class TrainingControl:
+    """What an attack that controls the victim's training does in each run on its poisoned split.
+
+    The trainer calls, per run: `attach(model)`; per step: `shape_batch` on the batch as drawn,
+    the model's forward pass, `loss`; after the run: `detach`. Every method has a neutral default,
+    so an attack overrides only what it does: lba_k adds a latent loss, WaNet and BppAttack poison
+    each batch as it is drawn. Training runs the attacker does not control (a defense that trains
+    on the poisoned data itself) see `static_split(...)` instead: the poison as a fixed dataset."""
 
     def attach(self, model: nn.Module) -> None:
         """Before the run (e.g. register forward hooks on `model`)."""
@@ -79,8 +86,21 @@ class TrainingControl(Protocol):
     def detach(self) -> None:
         """After the run, also when it fails."""
 
-    def loss(self, y: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor:
-        """The extra loss of the step whose forward pass just ran (labels, poison mask of the batch)."""
+    def shape_batch(
+        self, images: torch.Tensor, labels: torch.Tensor, poisoned: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch the step trains on, before augmentation: uint8 images [B, H, W, 3], labels and
+        the mask of backdoor samples (what `loss` sees). `eligible` marks the samples the attacker
+        may change (not the defender's holdout); `gen` is the run's seeded generator."""
+        return images, labels, poisoned
+
+    def loss(self, y: torch.Tensor, poisoned: torch.Tensor) -> torch.Tensor | None:
+        """An extra loss for the step whose forward pass just ran (its labels and backdoor mask), or None."""
+        return None
+
+    def static_split(self, split: PoisonedSplit, seed: int) -> PoisonedSplit:
+        """`split` as a training run the attacker does not control sees it (no control attached)."""
+        return dataclasses.replace(split, training_control=None)
 
 
 class Attack(abc.ABC):
@@ -93,6 +113,8 @@ class Attack(abc.ABC):
     assets: tuple[str, ...] = ()
     image_sizes: tuple[int, ...] | None = (32,)  # image sizes this trigger is defined for (None: any)
     trains_surrogate = False  # poisoning trains a model through AttackTools (lcba)
+    group = "paper"  # 'modern': published after the T&R paper, selected by `--attacks modern`
+    source = "T&R paper (SPEC 3)"  # where the method and its settings come from
 
     @classmethod
     def label_kind(cls) -> str:
@@ -120,9 +142,9 @@ class Attack(abc.ABC):
         """The training-time trigger; the test-time one unless an attack differs (lcba)."""
         return self.apply(images)
 
-    # An attack that controls the victim's training (lba_k) sets this to a TrainingControl: the
-    # trainer attaches it to the model for each training run on the attack's poisoned split that the
-    # attacker controls, and adds its loss after each step's forward pass.
+    # An attack that controls the victim's training (lba_k, WaNet, BppAttack) sets this to a
+    # TrainingControl: the trainer runs it in each training run on the attack's poisoned split that the
+    # attacker controls (the backdoored model; T&R's stage 1, whose threat model lets the attacker in).
     training_control: "TrainingControl | None" = None
 
     def resolve_parts(self, params_of: Callable[[str], AttackParams]) -> None:
@@ -161,6 +183,12 @@ class Attack(abc.ABC):
         """The ASR set: test images whose true label is not the target, with the trigger applied."""
         keep = test.labels != self.params.target
         return Split(self.apply(test.images[keep]), test.labels[keep])
+
+
+def attack_groups() -> dict[str, list[str]]:
+    """The group names `--attacks` takes: 'all' (the paper's attacks) and 'modern' (those since)."""
+    names = ATTACKS.names()
+    return {"all": [n for n in names if ATTACKS.get(n).in_all], "modern": [n for n in names if ATTACKS.get(n).group == "modern"]}
 
 
 class AdditiveAttack(Attack):

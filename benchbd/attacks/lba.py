@@ -28,7 +28,7 @@ from torch import nn
 from ..config import check
 from ..errors import BenchbdError
 from ..models.base import SplitNet
-from .base import ATTACKS, Attack, AttackParams
+from .base import ATTACKS, Attack, AttackParams, TrainingControl
 
 
 @dataclass
@@ -52,7 +52,7 @@ def latent_point(net: SplitNet, layer: int) -> tuple[nn.Module, bool]:
     raise BenchbdError(f"layer {layer} does not exist in {type(net).__name__} ({net.num_blocks} residual blocks and an FC layer)")
 
 
-class LatentPull:
+class LatentPull(TrainingControl):
     """The attacker's training control: captures phi_k in each step's forward pass and adds the latent loss."""
 
     def __init__(self, layer: int, target: int, weight: float):

@@ -40,9 +40,11 @@ class PoisonedSplit(Split):
     """A training split some of whose images carry a trigger; `poisoned` indexes them."""
 
     poisoned: torch.Tensor = None  # int64 indices into this split
-    # Set by attacks that control the victim's training (lba_k): an attacks.base.TrainingControl the
-    # trainer runs whenever it trains on this split. None on a split a defense trains with its own loss.
+    # Set by attacks that control the victim's training (lba_k, WaNet, BppAttack): an
+    # attacks.base.TrainingControl the trainer runs whenever it trains on this split. None on a split
+    # a defense trains on by itself (`static()`).
     training_control: Optional[Any] = None
+    clean_tail: int = 0  # the last images are the defender's holdout, appended clean: never poisoned
 
     @property
     def poison_mask(self) -> torch.Tensor:
@@ -50,10 +52,24 @@ class PoisonedSplit(Split):
         mask[self.poisoned] = True
         return mask
 
+    @property
+    def eligible_mask(self) -> torch.Tensor:
+        """The images an attacker may poison: all but the appended holdout."""
+        mask = torch.ones(len(self), dtype=torch.bool)
+        mask[len(self) - self.clean_tail :] = False
+        return mask
+
     def plus_clean(self, clean: Split) -> "PoisonedSplit":
         """This split followed by clean images (the whole training set: split + holdout)."""
         whole = Split.concat(self, clean)
-        return PoisonedSplit(whole.images, whole.labels, poisoned=self.poisoned, training_control=self.training_control)
+        return PoisonedSplit(
+            whole.images, whole.labels, poisoned=self.poisoned, training_control=self.training_control, clean_tail=len(clean)
+        )
+
+    def static(self, seed: int) -> "PoisonedSplit":
+        """This split as a training run the attacker does not control sees it: attacks that poison
+        batch by batch give their poison as a fixed dataset (as BackdoorBench saves it)."""
+        return self if self.training_control is None else self.training_control.static_split(self, seed)
 
 
 @dataclass

@@ -4,7 +4,6 @@ result row per finished cell. It knows no method by name: only the interfaces.""
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import platform
 import subprocess
@@ -17,7 +16,7 @@ from typing import Callable
 import torch
 
 from .. import __version__
-from ..attacks import ATTACKS, Attack, AttackTools
+from ..attacks import ATTACKS, Attack, AttackTools, attack_groups
 from ..config import Layers, as_dict
 from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, limit_holdout, parse_dataset_spec, split_holdout
 from ..defenses import DEFENSES, Defense, DefenseContext, Need
@@ -137,7 +136,7 @@ class Runner:
         """Every cell of the grid, parameters resolved from `layers` (default: the runner's)."""
         layers = layers or self.layers
         budget = BUDGETS.resolve(budget)
-        attack_names = ATTACKS.expand(attacks, [n for n in ATTACKS.names() if ATTACKS.get(n).in_all])
+        attack_names = ATTACKS.expand(attacks, attack_groups())
         defense_names = DEFENSES.expand(defenses)
         for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("dataset", DATASETS)):
             layers.check_names(kind, {name: registry.get(name).Params for name in registry.names()}, DATASETS.names())
@@ -300,9 +299,7 @@ class Runner:
         if needs & {Need.POISONED_TRAIN, Need.BACKDOORED_MODEL}:
             poisoned, cached["poisoned_split"] = self.poisoned_split(cell, splits, trainer, new_model)
             if Need.POISONED_TRAIN in needs:  # the attacker's training control only where it reaches (Defense docs)
-                ctx.poisoned_train = (
-                    poisoned if cell.defense.attacker_controls_training else dataclasses.replace(poisoned, training_control=None)
-                )
+                ctx.poisoned_train = poisoned if cell.defense.attacker_controls_training else poisoned.static(seed)
             if Need.BACKDOORED_MODEL in needs:
                 self.progress.stage("backdoored model")
                 ctx.backdoored_model, cached["backdoored_model"] = self.trained_model(

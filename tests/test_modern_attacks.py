@@ -1,0 +1,185 @@
+"""The attacks published after the paper (`--attacks modern`): poisoning protocols, training
+control and training triggers, recomputed here. Their test-time triggers are golden-tested in
+test_attacks.py with the paper's attacks."""
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+
+from benchbd import attacks
+from benchbd.attacks.base import attack_groups
+from benchbd.cli import main
+from benchbd.data import PoisonedSplit, Split
+from benchbd.data.augment import SmallImages
+from benchbd.models import create_model
+from benchbd.runner import Results
+from benchbd.train import Budget, Trainer, TrainRecipe
+
+from .conftest import random_images
+from .test_attacks import bilinear_sample, finish, png, wanet_grid
+from .test_cli import SYN
+
+MODERN = ["adap_blend", "adap_patch", "bpp", "wanet"]
+
+
+def labelled(n, seed=1, classes=10):
+    return Split(random_images(n, seed=seed), torch.randint(0, classes, (n,), generator=torch.Generator().manual_seed(seed)))
+
+
+def test_modern_group_and_all_stay_apart():
+    groups = attack_groups()
+    assert sorted(groups["modern"]) == MODERN
+    assert not set(groups["modern"]) & set(groups["all"]) and len(groups["all"]) == 10
+    from benchbd.attacks import ATTACKS
+
+    assert ATTACKS.expand("all,modern", groups) == groups["all"] + groups["modern"]
+    assert ATTACKS.expand("wanet,modern", groups)[0] == "wanet" and len(ATTACKS.expand("wanet,modern", groups)) == 4
+
+
+@pytest.mark.parametrize("name", ["wanet", "bpp"])
+def test_per_batch_rule_counts_labels_and_spares_the_holdout(name):
+    atk = attacks.create(name, dataset="cifar10")
+    batch = labelled(128)
+    eligible = torch.ones(128, dtype=torch.bool)
+    eligible[:5] = False  # e.g. holdout images the attacker must not touch
+    gen = torch.Generator().manual_seed(0)
+    images, labels, backdoor = atk.training_control.shape_batch(batch.images, batch.labels, None, eligible, gen)
+    n_backdoor = int(atk.params.poison_ratio * 128)
+    n_extra = int(2 * n_backdoor) if name == "wanet" else int(0.2 * 128)  # WaNet: cross_ratio x backdoor; Bpp: 20% of B
+    assert (n_backdoor, n_extra) == ((12, 24) if name == "wanet" else (25, 25))
+    order = torch.arange(5, 128)  # the first eligible samples, in batch order
+    bd, extra, rest = order[:n_backdoor], order[n_backdoor : n_backdoor + n_extra], order[n_backdoor + n_extra :]
+    assert torch.equal(torch.nonzero(backdoor).flatten(), bd)
+    assert (labels[bd] == atk.params.target).all() and torch.equal(images[bd], atk.apply(batch.images[bd]))
+    assert torch.equal(labels[extra], batch.labels[extra])  # noise / negative samples keep their labels
+    assert not torch.equal(images[extra], batch.images[extra]) and not torch.equal(images[extra], atk.apply(batch.images[extra]))
+    assert torch.equal(images[rest], batch.images[rest]) and torch.equal(labels[rest], batch.labels[rest])
+    assert torch.equal(images[:5], batch.images[:5]) and torch.equal(labels[:5], batch.labels[:5])
+
+
+def test_wanet_noise_samples_are_warped_on_the_backdoor_grid_plus_one_pixel_of_noise():
+    atk = attacks.create("wanet", dataset="cifar10")
+    batch = random_images(4)
+    out = atk.extra_samples(batch, torch.arange(4), torch.Generator().manual_seed(0)).numpy()
+    noise = (torch.rand(4, 32, 32, 2, generator=torch.Generator().manual_seed(0)) * 2 - 1).numpy()  # the same draw
+    grid = wanet_grid()
+    for k in range(4):
+        want = finish(bilinear_sample(batch.numpy()[k : k + 1].astype(np.float64), np.clip(grid + noise[k] / 32, -1, 1)))
+        assert np.abs(out[k] - want[0]).max() <= 1
+    assert not np.array_equal(out, atk.apply(batch).numpy())  # not the backdoor warp itself
+
+
+def test_bpp_negative_is_the_residual_of_another_image():
+    atk = attacks.create("bpp", dataset="cifar10")
+    batch = random_images(6)
+    out = atk.extra_samples(batch, torch.tensor([1, 4]), torch.Generator().manual_seed(0)).numpy().astype(np.float64)
+    x = batch.numpy().astype(np.float64)
+    residuals = np.round(x / 255 * 7) / 7 * 255 - x  # Q(x_j) - x_j of every image of the batch
+    for row, i in zip(out, (1, 4)):
+        matches = [j for j in range(6) if np.abs(row - np.clip(np.round(x[i] + residuals[j]), 0, 255)).max() <= 1]
+        assert matches and i not in matches  # another image's residual, never its own (that is the trigger)
+
+
+@pytest.mark.parametrize("name", ["wanet", "bpp"])
+def test_a_defense_training_on_its_own_sees_the_poison_as_a_fixed_split(name):
+    """ABL, DP-SGD, SS/AC train on the poisoned data without the attacker: the same rule once,
+    over the whole split in a seeded order, holdout never touched; the attacker's stored split is clean."""
+    atk = attacks.create(name, dataset="cifar10")
+    train = labelled(300)
+    stored = atk.poison(train, 320, seed=0)
+    assert len(stored.poisoned) == 0 and torch.equal(stored.images, train.images)
+    whole = PoisonedSplit(stored.images, stored.labels, poisoned=stored.poisoned, training_control=atk.training_control)
+    whole = whole.plus_clean(labelled(20, seed=2))
+    static = whole.static(seed=0)
+    assert static.training_control is None
+    n_backdoor = int(atk.params.poison_ratio * 320)
+    assert len(static.poisoned) == n_backdoor and (static.labels[static.poisoned] == atk.params.target).all()
+    assert torch.equal(static.images[static.poisoned], atk.apply(whole.images[static.poisoned]))
+    assert torch.equal(static.images[300:], whole.images[300:]) and torch.equal(static.labels[300:], whole.labels[300:])
+    changed = (static.images != whole.images).flatten(1).any(1)
+    kept_label = changed & (static.labels == whole.labels) & ~static.poison_mask
+    assert int(kept_label.sum()) >= (2 * n_backdoor if name == "wanet" else int(0.2 * 320)) - 3  # noise / negative samples
+    assert torch.equal(whole.static(seed=0).images, static.images) and not torch.equal(whole.static(seed=1).poisoned, static.poisoned)
+
+
+def test_trainer_trains_on_the_batches_the_control_shapes():
+    seen = []
+
+    class EveryLabelThree(attacks.base.TrainingControl):
+        def shape_batch(self, images, labels, poisoned, eligible, gen):
+            return 255 - images, torch.full_like(labels, 3), poisoned
+
+    def record(model, x, y, gen):
+        seen.append((x.detach().clone(), y.clone()))
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    data = labelled(64)
+    split = PoisonedSplit(data.images, data.labels, poisoned=torch.empty(0, dtype=torch.long), training_control=EveryLabelThree())
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=1, max_steps_per_epoch=2), "cpu", 0)
+    trainer.fit(create_model("wrn16_1", 10), split, TrainRecipe(epochs=1, batch_size=32), loss=record, augment=False)
+    assert len(seen) == 2 and all((y == 3).all() for _, y in seen)
+    assert all(any(torch.allclose(x[0], 1 - SmallImages().test(data.images[i : i + 1])[0]) for i in range(64)) for x, _ in seen)
+
+
+def test_adaptive_poison_and_cover_sets():
+    train = labelled(2000)
+    for name, ratios in (("adap_blend", (0.003, 0.003)), ("adap_patch", (0.003, 0.006))):
+        atk = attacks.create(name, dataset="cifar10")
+        assert (atk.params.poison_ratio, atk.params.cover_ratio) == ratios
+        p = atk.poison(train, 2100, seed=0)
+        poison, cover = atk.poison_and_cover(train, 2100, seed=0)
+        assert torch.equal(p.poisoned, poison) and (len(poison), len(cover)) == (int(ratios[0] * 2100), int(ratios[1] * 2100))
+        assert not set(poison.tolist()) & set(cover.tolist())
+        assert (p.labels[poison] == atk.params.target).all() and torch.equal(p.labels[cover], train.labels[cover])
+        changed = (p.images != train.images).flatten(1).any(1)
+        assert changed[cover].all() and changed[poison].all() and int(changed.sum()) == len(poison) + len(cover)
+    gtsrb = attacks.create("adap_patch", dataset="gtsrb").params
+    assert (gtsrb.poison_ratio, gtsrb.cover_ratio) == (0.005, 0.01)
+    assert attacks.create("adap_blend", poison_ratio=0.05).params.poison_ratio == 0.05
+
+
+def test_adaptive_blend_training_trigger_masks_half_the_pieces():
+    atk = attacks.create("adap_blend", dataset="cifar10")
+    images = random_images(5)
+    out = atk.training_trigger(images, torch.Generator().manual_seed(0)).numpy()
+    x = images.numpy().astype(np.float64)
+    blended = x + 0.15 * (5 * png("blend_kitty_x0.2.png") - x)  # the training opacity, weaker than the test's 0.2
+    masks = []
+    for k in range(5):
+        pieces = []
+        for r in range(4):
+            for c in range(4):
+                block = (slice(8 * r, 8 * r + 8), slice(8 * c, 8 * c + 8))
+                if np.allclose(out[k][block], x[k][block]):
+                    pieces.append(0)
+                else:
+                    assert np.allclose(out[k][block], blended[k][block], atol=1e-3)
+                    pieces.append(1)
+        assert sum(pieces) == 8  # mask_rate 0.5 of 16 pieces
+        masks.append(tuple(pieces))
+    assert len(set(masks)) > 1  # redrawn per image
+
+
+def test_adaptive_patch_trains_on_four_weak_triggers_in_equal_groups():
+    atk = attacks.create("adap_patch", dataset="cifar10")
+    images = random_images(8)
+    out = atk.training_trigger(images, torch.Generator()).numpy()
+    x = images.numpy().astype(np.float64)
+    for i in range(8):
+        (pattern, mask), alpha = atk.triggers[i // 2], atk.training_opacities[i // 2]  # 8 images: groups of two
+        want = x[i] + alpha * mask.numpy()[:, :, None] * (pattern.numpy() - x[i])
+        assert np.allclose(out[i], want, atol=1e-3)
+    assert atk.training_opacities == (0.5, 0.2, 0.5, 0.3) and all(a < 1 for a in atk.training_opacities)
+
+
+def test_modern_attacks_run_through_the_cli_and_the_defenses(tmp_path):
+    """A smoke grid of the modern group against the defenses that read the poisoned data or the
+    backdoored model, through the same runner and CLI as the paper's attacks."""
+    res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "modern", "--defenses", "none,tnr,abl", "--results", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = Results(tmp_path).rows()
+    assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in MODERN for d in ("none", "tnr", "abl")}
+    assert all(r["status"] == "ok" for r in rows)
+    res = CliRunner().invoke(main, ["list", "attacks"], env={"COLUMNS": "250"})
+    assert "wanet" in res.output and "Nguyen" in res.output and "group 'modern'" in res.output
