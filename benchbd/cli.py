@@ -323,7 +323,7 @@ def experiments_cmd():
     show_default=True,
     help="Dataset whose test image is shown, or whose per-dataset values are resolved.",
 )
-@click.option("--attacks", default="all", show_default=True, help="Comma-separated attack names, or 'all'.")
+@click.option("--attacks", default="all,modern", show_default=True, help="Comma-separated attack names or groups (all, modern).")
 @click.option("--index", default=0, show_default=True, help="Which non-target test image (0 = the first).")
 @click.option("--amplify", default=5.0, show_default=True, help="Factor on the difference image.")
 @click.option(

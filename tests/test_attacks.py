@@ -67,7 +67,7 @@ EXPECTED = {
     "clean": lambda x: x,  # no trigger at all
     "bpp": lambda x: finish(np.round(x / 255 * 7) / 7 * 255),  # 8 colour levels per channel
     "adap_blend": lambda x: finish(0.8 * x + 0.2 * 5 * png("blend_kitty_x0.2.png")),  # the whole picture at test_alpha 0.2
-    "adap_patch": lambda x: checker_corner(np.where((png("trojan_wm.png") > 0).any(-1)[None, :, :, None], png("trojan_wm.png"), x)),
+    "adap_patch": lambda x: checker_corner(np.where((png("trojan_sq_9x9.png") > 0).any(-1)[None, :, :, None], png("trojan_sq_9x9.png"), x)),
 }
 
 

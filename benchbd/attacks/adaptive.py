@@ -146,7 +146,7 @@ class AdaptivePatch(AdaptiveAttack):
 
     # The official corner logos (phoenix, firefox) ship without a licence we can use; in their place
     # benchbd uses its own MIT trigger files at the official opacities (docs/deviations.md).
-    assets = ("trojan_wm.png", "trojan_sq_9x9.png", "trojan_sq_3x3.npy")
+    assets = ("trojan_sq_9x9.png", "trojan_wm.png", "trojan_sq_3x3.npy")
     training_opacities = (0.5, 0.2, 0.5, 0.3)
 
     def __init__(self, params, num_classes, image_size, name="adap_patch"):
@@ -154,7 +154,7 @@ class AdaptivePatch(AdaptiveAttack):
         square = load_asset("trojan_sq_3x3.npy")
         square_mask = torch.zeros(image_size, image_size)
         square_mask[25:28, 25:28] = 1
-        self.triggers = [asset_trigger("trojan_wm.png"), asset_trigger("trojan_sq_9x9.png"), corner_patch(), (square, square_mask)]
+        self.triggers = [asset_trigger("trojan_sq_9x9.png"), asset_trigger("trojan_wm.png"), corner_patch(), (square, square_mask)]
         self.test_triggers = [self.triggers[0], self.triggers[2]]
 
     def training_trigger(self, images, gen):
