@@ -10,7 +10,7 @@ from benchbd.models import create_model
 from benchbd.runner import Cache, Results, Runner
 from benchbd.train import BUDGETS, Trainer, TrainRecipe
 
-# (attack, epochs of normal training, least ASR): the small patch needs more epochs on 4,750
+# (attack, epochs of normal training, least ASR, --set overrides): the small patch needs more epochs on 4,750
 # images and is still partly learned after 20 (30% here; about 100% on full CIFAR-10 at `fast`)
 FAMILIES = [
     ("badnet_grid", 20, 20, ()),
