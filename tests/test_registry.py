@@ -34,9 +34,12 @@ def test_expand_all_and_order():
         reg.register(name)(type(name, (), {}))
     assert reg.expand("all") == ["a", "b", "c"]
     assert reg.expand("b, a,b") == ["b", "a"]
-    assert reg.expand("all", default_all=["a"]) == ["a"]
+    groups = {"all": ["a"], "pair": ["c", "b"]}
+    assert reg.expand("all", groups) == ["a"] and reg.expand("pair,all,b", groups) == ["c", "b", "a"]
     with pytest.raises(BenchbdError, match="unknown widget 'd'"):
         reg.expand("a,d")
+    with pytest.raises(BenchbdError, match=r"unknown widget 'pairs' \(did you mean 'pair'\?\); valid: a, all, b, c, pair"):
+        reg.expand("pairs", groups)
 
 
 @pytest.mark.parametrize("registry", [attacks.ATTACKS, defenses.DEFENSES, models.MODELS, DATASETS, BUDGETS], ids=lambda r: r.kind)

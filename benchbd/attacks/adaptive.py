@@ -27,6 +27,7 @@ SOURCE = "Qi et al., ICLR 2023"
 
 @dataclass
 class AdaptiveParams(AttackParams):
+    poison_ratio: float = 0.003  # the method's own low rate, of the whole training set
     cover_ratio: float = 0.003  # label-keeping cover samples, of the whole training set
 
     def __post_init__(self):
@@ -140,9 +141,16 @@ def asset_trigger(name: str) -> tuple[torch.Tensor, torch.Tensor]:
     return pattern, (pattern > 0).any(-1).float()
 
 
+@dataclass
+class AdaptivePatchParams(AdaptiveParams):
+    cover_ratio: float = 0.006
+
+
 @ATTACKS.register("adap_patch", aliases=("adaptive_patch", "adap-patch"))
 class AdaptivePatch(AdaptiveAttack):
     """Adaptive-Patch: four patch triggers at opacities 0.5/0.2/0.5/0.3 in training, two at 1 in test, 0.3% + 0.6% (modern)."""
+
+    Params = AdaptivePatchParams
 
     # The official corner logos (phoenix, firefox) ship without a licence we can use; in their place
     # benchbd uses its own MIT trigger files at the official opacities (docs/deviations.md).

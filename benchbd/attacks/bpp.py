@@ -22,6 +22,7 @@ from .per_batch import PerBatchAttack
 
 @dataclass
 class BppParams(AttackParams):
+    poison_ratio: float = 0.2  # the official injection_rate
     negative_ratio: float = 0.2  # label-keeping negative samples per batch, as a share of the batch
     squeeze_num: int = 8  # m: colour levels per channel
 
