@@ -88,13 +88,15 @@ def list_cmd(kind: str, plugins):
     if kind == "defenses":
         table.add_column("needs")
         table.add_column("applies")
+        table.add_column("source")
     if kind == "attacks":
         table.add_column("label")
         table.add_column("source")
     for entry in registries[kind].entries():
         row = [entry.name, ", ".join(entry.aliases), entry.description]
         if kind == "defenses":
-            row += [", ".join(sorted(n.value for n in entry.obj.needs)), entry.obj.scenario()]
+            group = "" if entry.obj.group == "paper" else f" (group '{entry.obj.group}', not in 'all')"
+            row += [", ".join(sorted(n.value for n in entry.obj.needs)) or "no data", entry.obj.scenario() + group, entry.obj.source]
         if kind == "attacks":
             group = "" if entry.obj.group == "paper" else f", group '{entry.obj.group}'"
             row += [entry.obj.label_kind() + ("" if entry.obj.in_all else ", not in 'all'") + group, entry.obj.source]

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from . import abl, anp, dp, fp, ft, ibau, nad, none, tnr  # noqa: F401  (registration)
-from .base import DEFENSES, Defense, DefenseContext, DefenseParams, Frozen, Need
+from . import abl, anp, clp, dp, fp, ft, ibau, nad, none, tnr  # noqa: F401  (registration)
+from .base import DEFENSES, Defense, DefenseContext, DefenseParams, Frozen, Need, defense_groups
 
 
 def names() -> list[str]:
     return DEFENSES.names()
 
 
-__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseParams", "Frozen", "Need", "names"]
+__all__ = ["DEFENSES", "Defense", "DefenseContext", "DefenseParams", "Frozen", "Need", "defense_groups", "names"]

@@ -80,6 +80,8 @@ class Defense(abc.ABC):
     # the defense's terms added (T&R's stage 1: Table 7's adaptive attacker targets exactly it);
     # False where the defense trains with a loss or optimiser of its own (ABL, DP-SGD).
     attacker_controls_training = False
+    group = "paper"  # 'modern': compared with since the paper, selected by `--defenses modern`, not in 'all'
+    source = "T&R paper (SPEC 7)"  # where the method and its settings come from
 
     def __init__(self, params: Any, name: str = ""):
         self.params = params
@@ -100,6 +102,12 @@ class Defense(abc.ABC):
     @abc.abstractmethod
     def run(self, ctx: DefenseContext) -> nn.Module:
         """The defended model (float inputs in [0, 1], logits out)."""
+
+
+def defense_groups() -> dict[str, list[str]]:
+    """The group names `--defenses` takes: 'all' (the paper's defenses, ft and fp) and 'modern'."""
+    names = DEFENSES.names()
+    return {"all": [n for n in names if DEFENSES.get(n).group != "modern"], "modern": [n for n in names if DEFENSES.get(n).group == "modern"]}
 
 
 class Frozen(nn.Module):

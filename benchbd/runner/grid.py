@@ -19,7 +19,7 @@ from .. import __version__
 from ..attacks import ATTACKS, Attack, AttackTools, attack_groups
 from ..config import Layers, as_dict
 from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, limit_holdout, parse_dataset_spec, split_holdout
-from ..defenses import DEFENSES, Defense, DefenseContext, Need
+from ..defenses import DEFENSES, Defense, DefenseContext, Need, defense_groups
 from ..errors import BenchbdError
 from ..models import MODELS, create_model
 from ..progress import NullProgress
@@ -137,7 +137,7 @@ class Runner:
         layers = layers or self.layers
         budget = BUDGETS.resolve(budget)
         attack_names = ATTACKS.expand(attacks, attack_groups())
-        defense_names = DEFENSES.expand(defenses)
+        defense_names = DEFENSES.expand(defenses, defense_groups())
         for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("dataset", DATASETS)):
             layers.check_names(kind, {name: registry.get(name).Params for name in registry.names()}, DATASETS.names())
         layers.check_names("train", {"normal": TrainRecipe}, DATASETS.names())

@@ -1,0 +1,84 @@
+"""The defenses compared with since the paper (`--defenses modern`): each mechanism on tiny data."""
+
+import copy
+
+import numpy as np
+import torch
+from click.testing import CliRunner
+
+from benchbd.cli import main
+from benchbd.defenses import DEFENSES, DefenseContext, defense_groups
+from benchbd.defenses.clp import conv_bn_pairs
+from benchbd.models import create_model
+from benchbd.runner import Results
+
+from .test_cli import SYN
+
+
+def trained_looking(name="wrn16_1"):
+    """A model with non-trivial BatchNorm statistics, as after training."""
+    torch.manual_seed(0)
+    net = create_model(name, 10)
+    g = torch.Generator().manual_seed(1)
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+    return net.eval()
+
+
+def uclc_by_hand(conv, bn):
+    """Largest singular value of each output channel's [C_in, kh*kw] kernel times |gamma| / sigma (numpy SVD)."""
+    w = conv.weight.detach().double().numpy()
+    scale = np.abs(bn.weight.detach().double().numpy()) / np.sqrt(bn.running_var.double().numpy() + bn.eps)
+    return np.array([np.linalg.svd(w[k].reshape(w.shape[1], -1) * scale[k], compute_uv=False)[0] for k in range(w.shape[0])])
+
+
+def test_clp_pairs_each_bn_with_the_conv_it_normalises():
+    net = trained_looking()
+    pairs = conv_bn_pairs(net, 32)
+    blocks = [u for u in net.units if hasattr(u, "conv1")]
+    assert [(c, b) for c, b in pairs if any(c is u.conv1 for u in blocks)] == [(u.conv1, u.bn2) for u in blocks]
+    assert (net.units[0], blocks[0].bn1) in pairs  # the stem conv feeds the first block's BN directly
+    assert len(pairs) == len(blocks) + 1  # the other BNs normalise residual sums: no conv of their own
+    post_activation = conv_bn_pairs(create_model("resnet34", 10, input_size=32).eval(), 32)
+    bns = [m for m in create_model("resnet34", 10, input_size=32).modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert len(post_activation) == len(bns)  # conv -> BN everywhere: every BN is paired, as the official code
+
+
+def test_clp_prunes_the_channel_with_a_planted_high_lipschitz_bound():
+    net = trained_looking()
+    block = net.units[3]
+    with torch.no_grad():
+        block.conv1.weight[5] *= 25  # channel 5 of this layer: a planted outlier of its UCLC
+    before = copy.deepcopy(net)
+    ctx = DefenseContext(None, None, 10, 0, backdoored_model=net)
+    out = DEFENSES.get("clp")(DEFENSES.get("clp").Params(u=3.0), "clp").run(ctx)
+    uclc = uclc_by_hand(block.conv1, block.bn2)
+    assert uclc[5] > uclc.mean() + 3 * uclc.std(ddof=1)
+    pruned = out.units[3].bn2
+    assert pruned.weight[5] == 0 and pruned.bias[5] == 0
+    assert torch.count_nonzero(pruned.weight) == pruned.num_features - 1  # the rest of the layer stays
+    assert ctx.metrics["pruned_channels"] >= 1 and ctx.metrics["clp_layers"] == 7
+    assert torch.equal(net.units[3].bn2.weight, before.units[3].bn2.weight)  # the backdoored model itself is untouched
+    for name, value in out.state_dict().items():  # nothing but BN affine parameters changes: no data, no training
+        if not torch.equal(value, before.state_dict()[name]):
+            assert name.endswith((".weight", ".bias")) and "bn" in name, name
+    # u = 0 prunes every channel above its layer's mean: many more
+    ctx0 = DefenseContext(None, None, 10, 0, backdoored_model=copy.deepcopy(before))
+    DEFENSES.get("clp")(DEFENSES.get("clp").Params(u=0.0), "clp").run(ctx0)
+    assert ctx0.metrics["pruned_channels"] > 5 * ctx.metrics["pruned_channels"]
+
+
+def test_defense_groups_and_the_cli_path(tmp_path):
+    groups = defense_groups()
+    assert "clp" in groups["modern"] and "clp" not in groups["all"] and {"tnr", "ft", "fp", "dp"} <= set(groups["all"])
+    res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "badnet_grid,wanet", "--defenses", "modern", "--results", str(tmp_path)])
+    assert res.exit_code == 0, res.output
+    rows = Results(tmp_path).rows()
+    assert {(r["attack"], r["defense"]) for r in rows} == {("badnet_grid", "clp"), ("wanet", "clp")}
+    assert all("pruned_channels" in r["metrics"] for r in rows)
+    res = CliRunner().invoke(main, ["table", "--results", str(tmp_path), "--extra", "pruned_channels"])
+    assert res.exit_code == 0 and "pruned_channels" in res.output
+    res = CliRunner().invoke(main, ["list", "defenses"], env={"COLUMNS": "250"})
+    assert "clp" in res.output and "Zheng" in res.output and "group 'modern'" in res.output
