@@ -106,8 +106,8 @@ class Defense(abc.ABC):
 
 def defense_groups() -> dict[str, list[str]]:
     """The group names `--defenses` takes: 'all' (the paper's defenses, ft and fp) and 'modern'."""
-    names = DEFENSES.names()
-    return {"all": [n for n in names if DEFENSES.get(n).group != "modern"], "modern": [n for n in names if DEFENSES.get(n).group == "modern"]}
+    modern = [n for n in DEFENSES.names() if DEFENSES.get(n).group == "modern"]
+    return {"all": [n for n in DEFENSES.names() if n not in modern], "modern": modern}
 
 
 class Frozen(nn.Module):
