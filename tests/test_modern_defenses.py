@@ -72,13 +72,69 @@ def test_clp_prunes_the_channel_with_a_planted_high_lipschitz_bound():
 
 def test_defense_groups_and_the_cli_path(tmp_path):
     groups = defense_groups()
-    assert "clp" in groups["modern"] and "clp" not in groups["all"] and {"tnr", "ft", "fp", "dp"} <= set(groups["all"])
+    assert groups["modern"] == ["clp", "fst"] and not set(groups["modern"]) & set(groups["all"])
+    assert {"tnr", "ft", "fp", "dp"} <= set(groups["all"])
     res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "badnet_grid,wanet", "--defenses", "modern", "--results", str(tmp_path)])
     assert res.exit_code == 0, res.output
     rows = Results(tmp_path).rows()
-    assert {(r["attack"], r["defense"]) for r in rows} == {("badnet_grid", "clp"), ("wanet", "clp")}
-    assert all("pruned_channels" in r["metrics"] for r in rows)
+    assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in ("badnet_grid", "wanet") for d in ("clp", "fst")}
+    assert all("pruned_channels" in r["metrics"] for r in rows if r["defense"] == "clp")
+    assert all(r["metrics"]["n_clean"] == int(0.4 * r["n_holdout"]) for r in rows if r["defense"] == "fst")
     res = CliRunner().invoke(main, ["table", "--results", str(tmp_path), "--extra", "pruned_channels"])
     assert res.exit_code == 0 and "pruned_channels" in res.output
     res = CliRunner().invoke(main, ["list", "defenses"], env={"COLUMNS": "250"})
     assert "clp" in res.output and "Zheng" in res.output and "group 'modern'" in res.output
+
+
+def fst_setting():
+    from benchbd.data import Split
+    from benchbd.data.augment import SmallImages
+    from benchbd.train import Budget, Trainer
+
+    from .conftest import random_images
+
+    holdout = Split(random_images(200), torch.arange(200) % 10)
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=2, max_steps_per_epoch=3), "cpu", seed=0)
+    return trainer, holdout, trained_looking()
+
+
+def test_fst_reinitialises_the_head_and_its_loss_pushes_away_from_the_old_head(monkeypatch):
+    trainer, holdout, backdoored = fst_setting()
+    old = backdoored.tail[-1].weight.detach().clone()
+    seen = {}
+    real_fit = trainer.fit
+
+    def spy(model, data, recipe, **kwargs):
+        head = model.tail[-1]
+        seen.update(start=head.weight.detach().clone(), bias=head.bias.detach().clone(), n=len(data), recipe=recipe)
+        x, y = holdout.images[:8].permute(0, 3, 1, 2).float() / 255, holdout.labels[:8]
+        with torch.no_grad():
+            seen["loss"] = float(kwargs["loss"](model.eval(), x, y, None))
+            seen["by_hand"] = float(torch.nn.functional.cross_entropy(model(x), y) + 0.1 * (head.weight * old).sum())
+        return real_fit(model.train(), data, recipe, **kwargs)
+
+    monkeypatch.setattr(trainer, "fit", spy)
+    ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=copy.deepcopy(backdoored))
+    out = DEFENSES.get("fst")(DEFENSES.get("fst").Params(), "fst").run(ctx)
+    bound = 1 / np.sqrt(old.shape[1])
+    assert not torch.equal(seen["start"], old) and seen["start"].abs().max() <= bound and seen["bias"].abs().max() <= bound
+    assert abs(float((seen["start"] * old).sum())) < 0.2 * float(old.norm() ** 2)  # a fresh direction, not a copy
+    assert abs(seen["loss"] - seen["by_hand"]) < 1e-5
+    assert seen["n"] == 80 == ctx.metrics["n_clean"]  # 40% of the 200-image holdout (2% of a training set)
+    assert seen["recipe"].weight_decay == 0 and seen["recipe"].optimizer == "sgd"
+    trained = out.tail[-1].weight.detach()
+    assert torch.allclose(trained.norm(), old.norm(), rtol=1e-5)  # projected back to the old head's norm after every step
+    assert any(not torch.equal(a, b) for a, b in zip(out.units.parameters(), backdoored.units.parameters()))  # the whole net tunes
+
+
+def test_fst_feature_shift_term_lowers_the_alignment_with_the_old_head():
+    """With alpha, the new head ends less aligned with the backdoored head than without it."""
+    alignments = {}
+    for alpha in (0.0, 5.0):
+        trainer, holdout, backdoored = fst_setting()
+        old = backdoored.tail[-1].weight.detach().clone()
+        ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=copy.deepcopy(backdoored))
+        torch.manual_seed(0)
+        out = DEFENSES.get("fst")(DEFENSES.get("fst").Params(alpha=alpha), "fst").run(ctx)
+        alignments[alpha] = float((out.tail[-1].weight.detach() * old).sum())
+    assert alignments[5.0] < alignments[0.0] - 0.1
