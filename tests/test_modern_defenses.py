@@ -72,12 +72,12 @@ def test_clp_prunes_the_channel_with_a_planted_high_lipschitz_bound():
 
 def test_defense_groups_and_the_cli_path(tmp_path):
     groups = defense_groups()
-    assert groups["modern"] == ["clp", "fst"] and not set(groups["modern"]) & set(groups["all"])
+    assert groups["modern"] == ["clp", "fst", "ftsam"] and not set(groups["modern"]) & set(groups["all"])
     assert {"tnr", "ft", "fp", "dp"} <= set(groups["all"])
     res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "badnet_grid,wanet", "--defenses", "modern", "--results", str(tmp_path)])
     assert res.exit_code == 0, res.output
     rows = Results(tmp_path).rows()
-    assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in ("badnet_grid", "wanet") for d in ("clp", "fst")}
+    assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in ("badnet_grid", "wanet") for d in ("clp", "fst", "ftsam")}
     assert all("pruned_channels" in r["metrics"] for r in rows if r["defense"] == "clp")
     assert all(r["metrics"]["n_clean"] == int(0.4 * r["n_holdout"]) for r in rows if r["defense"] == "fst")
     res = CliRunner().invoke(main, ["table", "--results", str(tmp_path), "--extra", "pruned_channels"])
@@ -138,3 +138,55 @@ def test_fst_feature_shift_term_lowers_the_alignment_with_the_old_head():
         out = DEFENSES.get("fst")(DEFENSES.get("fst").Params(alpha=alpha), "fst").run(ctx)
         alignments[alpha] = float((out.tail[-1].weight.detach() * old).sum())
     assert alignments[5.0] < alignments[0.0] - 0.1
+
+
+def one_step(rho, adaptive=True):
+    """The backdoored model after one FT-SAM step on the same batch; and what the step saw."""
+    from benchbd.data.augment import SmallImages
+    from benchbd.train import Budget, Trainer, TrainRecipe
+
+    trainer, holdout, backdoored = fst_setting()
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=1, max_steps_per_epoch=1), "cpu", seed=0)
+    recipe = TrainRecipe(optimizer="sgd", lr=0.1, momentum=0.0, weight_decay=0.0, schedule="constant", epochs=1, batch_size=64)
+    params = DEFENSES.get("ftsam").Params(rho=rho, adaptive=adaptive, recipe=recipe)
+    ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=copy.deepcopy(backdoored))
+    return DEFENSES.get("ftsam")(params, "ftsam").run(ctx), backdoored
+
+
+def test_ftsam_step_differs_from_plain_sgd_and_follows_the_asam_rule():
+    from benchbd.defenses.ftsam import ascent
+
+    plain, start = one_step(rho=0.0)  # e = 0: plain SGD on label-smoothed CE at w
+    sam, _ = one_step(rho=2.0)
+    moved = lambda a: sum(float((p - q).detach().abs().sum()) for p, q in zip(a.parameters(), start.parameters()))  # noqa: E731
+    assert moved(plain) > 0 and moved(sam) > 0
+    assert any(not torch.allclose(p, q) for p, q in zip(sam.parameters(), plain.parameters()))  # the SAM update is another step
+    # the ascent, by hand: rho |w|^2 g / || |w| g ||
+    w = [torch.tensor([3.0, -1.0]), torch.tensor([2.0])]
+    g = [torch.tensor([1.0, 2.0]), torch.tensor([-1.0])]
+    norm = np.sqrt((3 * 1) ** 2 + (1 * 2) ** 2 + (2 * 1) ** 2)
+    e = ascent(w, g, 2.0, adaptive=True)
+    assert torch.allclose(e[0], torch.tensor([9 * 1, 1 * 2]) * 2 / norm) and torch.allclose(e[1], torch.tensor([4 * -1.0]) * 2 / norm)
+    e = ascent(w, g, 2.0, adaptive=False)
+    assert torch.allclose(e[0], torch.tensor([1.0, 2.0]) * 2 / 6**0.5)
+
+
+def test_ftsam_restores_the_weights_before_the_step_and_keeps_bn_statistics_of_the_first_pass():
+    from benchbd.defenses.ftsam import SharpnessAware
+
+    net = trained_looking().train()
+    sam = SharpnessAware(DEFENSES.get("ftsam").Params())
+    x, y = torch.rand(16, 3, 32, 32), torch.arange(16) % 10
+    before = copy.deepcopy(net.state_dict())
+    loss = sam.loss(net, x, y, None)
+    assert any(not torch.equal(p, before[n]) for n, p in net.named_parameters())  # perturbed for the second pass
+    reference = copy.deepcopy(trained_looking().train())
+    reference.load_state_dict(before)
+    reference(x)  # one ordinary training forward pass
+    stats = [n for n in before if "running" in n]
+    assert all(torch.allclose(net.state_dict()[n], reference.state_dict()[n]) for n in stats)  # the second pass adds nothing
+    loss.backward()
+    used = [p for p, _ in sam.pending]  # the parameters the forward pass uses (WRN's quirk leaves two bn1s out)
+    sam.restore(None, (), {})
+    assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
+    assert len(used) >= len(list(net.parameters())) - 4 and all(p.grad is not None for p in used)  # gradients from w + e
