@@ -334,8 +334,13 @@ def experiments_cmd():
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP)
 @click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help=SET_HELP)
 @click.option("--config", "config_file", default=None, help=CONFIG_HELP)
+@click.option(
+    "--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Results directory of the run."
+)
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help=CACHE_HELP + " Source of trained triggers (input_aware).")
+@click.option("--budget", default="fast", show_default=True, help="Budget whose trained triggers (input_aware) are drawn.")
 @plugin_option
-def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, config_file, plugins):
+def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, config_file, results_dir, cache_dir, budget, plugins):
     """`show attacks`: the trigger gallery (per attack, a clean test image, its triggered version, the
     difference). `show attack|defense|dataset NAME`: the component's parameters, resolved for
     --dataset, with their defaults and the layer each value comes from."""
@@ -353,17 +358,25 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
         layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
         Console().print(parameter_table(what, name, dataset, layers))
         return
-    from .attacks import ATTACKS, attack_groups
     from .config import Layers, parse_set
-    from .report.gallery import attack_gallery, gallery_image
+    from .report.gallery import attack_gallery, gallery_columns
     from .runner import Cache, Results, Runner
 
     if what != "attacks":
         raise unknown("thing to show", what, ["attacks", "attack", "defense", "dataset", "train"])
-    runner = Runner(Results("."), Cache("."), Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
-    label, name, _, data = runner.dataset(dataset)
-    chosen = [runner.attack(a, name, data) for a in ATTACKS.expand(attacks, attack_groups())]
-    path = attack_gallery(chosen, gallery_image(data, chosen, index), out, amplify, f"{label}: triggers")
+    cache = Cache(cache_dir or Path(results_dir) / "cache")
+    runner = Runner(Results(results_dir), cache, Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
+    cells = runner.plan([dataset], attacks, "none", [0], budget)
+    chosen = []
+    for cell in cells:  # attacks whose trigger is trained (input_aware) draw from the cache, or are left out
+        try:
+            runner.prepare_from_cache(cell)
+            chosen.append(cell.attack)
+        except BenchbdError as exc:
+            click.echo(f"left out of the gallery: {exc}", err=True)
+    if not chosen:
+        raise BenchbdError("no attack left to draw")
+    path = attack_gallery(gallery_columns(cells[0].data, chosen, index), out, amplify, f"{cells[0].dataset_name}: triggers")
     click.echo(f"wrote {path}")
 
 
@@ -420,8 +433,9 @@ def _writable_dir(path: Path, what: str) -> None:
 @click.option("--budget", "budgets", default=None, help="Only these budgets (comma-separated).")
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP + " Used for the trigger gallery.")
 @click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help=SET_HELP)
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help=CACHE_HELP + " Source of trained triggers (input_aware).")
 @plugin_option
-def report(results_dir, out, compare, datasets, budgets, data_root, sets, plugins):
+def report(results_dir, out, compare, datasets, budgets, data_root, sets, cache_dir, plugins):
     """One self-contained HTML page of a results directory: provenance, every grid beside the paper's,
     the CA-vs-ASR scatter with each point labelled by attack, and the trigger gallery."""
     _load_plugins(plugins)
@@ -433,7 +447,8 @@ def report(results_dir, out, compare, datasets, budgets, data_root, sets, plugin
         raise unknown("--compare source", compare, ["paper", "none"])
     if not Path(results_dir).is_dir():
         raise BenchbdError(f"results directory '{results_dir}' does not exist: run `benchbd run` first or pass --results DIR")
-    runner = Runner(Results("."), Cache("."), Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
+    cache = Cache(cache_dir or Path(results_dir) / "cache")
+    runner = Runner(Results(results_dir), cache, Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
     warn = functools.partial(click.echo, err=True)
     text = report_page(Path(results_dir), runner, None if compare == "none" else compare, _names(datasets), _names(budgets), warn)
     path = Path(out)

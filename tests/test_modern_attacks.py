@@ -17,10 +17,10 @@ from benchbd.runner import Results
 from benchbd.train import Budget, Trainer, TrainRecipe
 
 from .conftest import random_images
-from .test_attacks import bilinear_sample, finish, png, wanet_grid
+from .test_attacks import bilinear_sample, finish, png, seeded_generators, wanet_grid
 from .test_cli import SYN
 
-MODERN = ["adap_blend", "adap_patch", "bpp", "wanet"]
+MODERN = ["adap_blend", "adap_patch", "bpp", "input_aware", "wanet"]
 
 
 def labelled(n, seed=1, classes=10):
@@ -34,24 +34,25 @@ def test_modern_group_and_all_stay_apart():
     from benchbd.attacks import ATTACKS
 
     assert ATTACKS.expand("all,modern", groups) == groups["all"] + groups["modern"]
-    assert ATTACKS.expand("wanet,modern", groups)[0] == "wanet" and len(ATTACKS.expand("wanet,modern", groups)) == 4
+    assert ATTACKS.expand("wanet,modern", groups)[0] == "wanet" and len(ATTACKS.expand("wanet,modern", groups)) == 5
 
 
-@pytest.mark.parametrize("name", ["wanet", "bpp"])
+@pytest.mark.parametrize("name", ["wanet", "bpp", "input_aware"])
 def test_per_batch_rule_counts_labels_and_spares_the_holdout(name):
-    atk = attacks.create(name, dataset="cifar10")
+    atk = seeded_generators(attacks.create(name, dataset="cifar10"))
     batch = labelled(128)
     eligible = torch.ones(128, dtype=torch.bool)
     eligible[:5] = False  # e.g. holdout images the attacker must not touch
     gen = torch.Generator().manual_seed(0)
     images, labels, backdoor = atk.training_control.shape_batch(batch.images, batch.labels, None, eligible, gen)
     n_backdoor = int(atk.params.poison_ratio * 128)
-    n_extra = int(2 * n_backdoor) if name == "wanet" else int(0.2 * 128)  # WaNet: cross_ratio x backdoor; Bpp: 20% of B
-    assert (n_backdoor, n_extra) == ((12, 24) if name == "wanet" else (25, 25))
+    n_extra = {"wanet": 2 * n_backdoor, "bpp": int(0.2 * 128), "input_aware": int(0.1 * 128)}[name]  # cross / negative / cross
+    assert (n_backdoor, n_extra) == {"wanet": (12, 24), "bpp": (25, 25), "input_aware": (12, 12)}[name]
     order = torch.arange(5, 128)  # the first eligible samples, in batch order
     bd, extra, rest = order[:n_backdoor], order[n_backdoor : n_backdoor + n_extra], order[n_backdoor + n_extra :]
     assert torch.equal(torch.nonzero(backdoor).flatten(), bd)
-    assert (labels[bd] == atk.params.target).all() and torch.equal(images[bd], atk.apply(batch.images[bd]))
+    assert (labels[bd] == atk.params.target).all()
+    assert (images[bd].int() - atk.apply(batch.images[bd]).int()).abs().max() <= 1  # input_aware: convs of another batch size
     assert torch.equal(labels[extra], batch.labels[extra])  # noise / negative samples keep their labels
     assert not torch.equal(images[extra], batch.images[extra]) and not torch.equal(images[extra], atk.apply(batch.images[extra]))
     assert torch.equal(images[rest], batch.images[rest]) and torch.equal(labels[rest], batch.labels[rest])
@@ -81,11 +82,11 @@ def test_bpp_negative_is_the_residual_of_another_image():
         assert matches and i not in matches  # another image's residual, never its own (that is the trigger)
 
 
-@pytest.mark.parametrize("name", ["wanet", "bpp"])
+@pytest.mark.parametrize("name", ["wanet", "bpp", "input_aware"])
 def test_a_defense_training_on_its_own_sees_the_poison_as_a_fixed_split(name):
     """ABL, DP-SGD, SS/AC train on the poisoned data without the attacker: the same rule once,
     over the whole split in a seeded order, holdout never touched; the attacker's stored split is clean."""
-    atk = attacks.create(name, dataset="cifar10")
+    atk = seeded_generators(attacks.create(name, dataset="cifar10"))
     train = labelled(300)
     stored = atk.poison(train, 320, seed=0)
     assert len(stored.poisoned) == 0 and torch.equal(stored.images, train.images)
@@ -99,7 +100,8 @@ def test_a_defense_training_on_its_own_sees_the_poison_as_a_fixed_split(name):
     assert torch.equal(static.images[300:], whole.images[300:]) and torch.equal(static.labels[300:], whole.labels[300:])
     changed = (static.images != whole.images).flatten(1).any(1)
     kept_label = changed & (static.labels == whole.labels) & ~static.poison_mask
-    assert int(kept_label.sum()) >= (2 * n_backdoor if name == "wanet" else int(0.2 * 320)) - 3  # noise / negative samples
+    extra = {"wanet": 2 * n_backdoor, "bpp": int(0.2 * 320), "input_aware": int(0.1 * 320)}[name]
+    assert int(kept_label.sum()) >= extra - 3  # noise / negative / cross samples
     assert torch.equal(whole.static(seed=0).images, static.images) and not torch.equal(whole.static(seed=1).poisoned, static.poisoned)
 
 
@@ -173,6 +175,59 @@ def test_adaptive_patch_trains_on_four_weak_triggers_in_equal_groups():
     assert atk.training_opacities == (0.5, 0.2, 0.5, 0.3) and all(a < 1 for a in atk.training_opacities)
 
 
+def input_aware_tools(n=96):
+    from benchbd.attacks import AttackTools
+
+    train = labelled(n)
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=2, max_steps_per_epoch=3), "cpu", 0)
+    recipe = TrainRecipe(epochs=2, batch_size=32)
+    return AttackTools(trainer, train, None, lambda: create_model("wrn16_1", 10), recipe, None)
+
+
+def test_input_aware_mask_stage_lowers_its_loss_and_the_joint_stage_keeps_the_masks_frozen(monkeypatch):
+    from benchbd.attacks.input_aware import TriggerNet, diversity
+
+    atk = attacks.create("input_aware", dataset="cifar10", mask_epochs=2)
+    tools = input_aware_tools()
+    x = SmallImages().test(tools.clean_train.images[:32])
+    x2 = torch.roll(x, 1, 0)
+
+    def mask_loss(net):
+        with torch.no_grad():
+            m1, m2 = net.mask(x), net.mask(x2)
+            return float(100 * torch.relu(m1 - 0.032).mean() + diversity(x, x2, m1, m2))
+
+    torch.manual_seed(0)
+    start = mask_loss(TriggerNet(1).eval())
+    torch.manual_seed(0)
+    trained = atk.train_masks(tools)
+    assert mask_loss(trained) < start  # stage A: sparser and more diverse masks
+    assert not any(p.requires_grad for p in trained.parameters())
+    monkeypatch.setattr(atk, "train_masks", lambda tools: trained)
+    state = atk.train_generators(tools)
+    assert all(torch.equal(state[f"mask.{k}"], v) for k, v in trained.state_dict().items())  # M frozen in stage B
+    torch.manual_seed(0)
+    fresh = TriggerNet(3).state_dict()
+    assert any(not torch.equal(state[f"pattern.{k}"], v) for k, v in fresh.items() if v.is_floating_point())  # G trained
+
+
+def test_input_aware_needs_its_trained_generator():
+    with pytest.raises(Exception, match="run it through the runner"):
+        attacks.create("input_aware").apply(random_images(2))
+
+
+def test_input_aware_cross_samples_take_another_images_trigger():
+    atk = seeded_generators(attacks.create("input_aware"))
+    batch = random_images(4)
+    out = atk.extra_samples(batch, torch.tensor([0]), torch.Generator().manual_seed(0))
+    from benchbd.attacks.input_aware import stamp, to_image
+
+    x = SmallImages().test(batch)
+    candidates = [to_image(stamp(x[:1], atk.patterns.pattern(x[j : j + 1]), atk.masks.mask(x[j : j + 1]))) for j in range(4)]
+    matches = [j for j in range(4) if (candidates[j].int() - out.int()).abs().max() <= 1]
+    assert matches and 0 not in matches  # another image's pattern and mask, not its own
+
+
 def test_modern_attacks_run_through_the_cli_and_the_defenses(tmp_path):
     """A smoke grid of the modern group against the defenses that read the poisoned data or the
     backdoored model, through the same runner and CLI as the paper's attacks."""
@@ -181,5 +236,10 @@ def test_modern_attacks_run_through_the_cli_and_the_defenses(tmp_path):
     rows = Results(tmp_path).rows()
     assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in MODERN for d in ("none", "tnr", "abl")}
     assert all(r["status"] == "ok" for r in rows)
+    assert len(list((tmp_path / "cache" / "input_aware_generator").glob("*.pt"))) == 1  # trained once, shared by the defenses
+    out = tmp_path / "gallery.png"
+    show = ["show", "attacks", *SYN[:6], "--attacks", "input_aware", "--budget", "smoke", "--results", str(tmp_path), "--out", str(out)]
+    res = CliRunner().invoke(main, show)
+    assert res.exit_code == 0 and out.is_file(), res.output
     res = CliRunner().invoke(main, ["list", "attacks"], env={"COLUMNS": "250"})
     assert "wanet" in res.output and "Nguyen" in res.output and "group 'modern'" in res.output

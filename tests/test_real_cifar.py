@@ -25,6 +25,7 @@ FAMILIES = [
     # partly masked training triggers plant the full test trigger
     ("adap_blend", 15, 30, ("attack.adap_blend.poison_ratio=0.1", "attack.adap_blend.cover_ratio=0.1")),
     ("adap_patch", 15, 30, ("attack.adap_patch.poison_ratio=0.1", "attack.adap_patch.cover_ratio=0.1")),
+    ("input_aware", 8, 30, ("attack.input_aware.mask_epochs=5",)),  # its generator trains with the 8 epochs
 ]
 
 

@@ -9,6 +9,7 @@ from . import (  # noqa: F401  (registration)
     blend,
     bpp,
     clean,
+    input_aware,
     l0_invisible,
     l2_invisible,
     lba,

@@ -40,11 +40,17 @@ class AttackParams:
 
 @dataclass
 class AttackTools:
-    """What an attack that trains a model of its own (lcba's surrogate) gets from the runner."""
+    """What an attack that trains models of its own (lcba's surrogate, input_aware's generator)
+    gets from the runner."""
 
     trainer: object  # benchbd.train.Trainer of the cell
     clean_train: Split  # the training split before poisoning
     train_cached: Callable[[str, Split], nn.Module]  # (purpose, data) -> a model normally trained on data, cached
+    new_model: Callable[[], nn.Module] | None = None  # a fresh model of the cell's architecture
+    recipe: object = None  # benchbd.train.TrainRecipe: the cell's normal training recipe
+    # (kind, identity, build) -> tensors: an artifact of this attack on this cell's data, seed, model,
+    # recipe and budget, built once by build() and cached (identity adds what else determines it)
+    cached: Callable[[str, dict, Callable[[], dict]], dict] | None = None
 
 
 def to_uint8(x: torch.Tensor) -> torch.Tensor:
@@ -113,6 +119,7 @@ class Attack(abc.ABC):
     assets: tuple[str, ...] = ()
     image_sizes: tuple[int, ...] | None = (32,)  # image sizes this trigger is defined for (None: any)
     trains_surrogate = False  # poisoning trains a model through AttackTools (lcba)
+    sample_specific = False  # each image gets its own trigger (input_aware): the gallery shows several
     group = "paper"  # 'modern': published after the T&R paper, selected by `--attacks modern`
     source = "T&R paper (SPEC 3)"  # where the method and its settings come from
 
@@ -146,6 +153,10 @@ class Attack(abc.ABC):
     # TrainingControl: the trainer runs it in each training run on the attack's poisoned split that the
     # attacker controls (the backdoored model; T&R's stage 1, whose threat model lets the attacker in).
     training_control: "TrainingControl | None" = None
+
+    def prepare(self, tools: AttackTools) -> None:
+        """Before the cell poisons or evaluates: build or load what the trigger itself needs
+        (input_aware's trained generator). Called by the runner for every cell of the attack."""
 
     def resolve_parts(self, params_of: Callable[[str], AttackParams]) -> None:
         """Attacks built from other registered attacks (lba_k's trigger) resolve those attacks'

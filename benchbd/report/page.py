@@ -15,7 +15,7 @@ from typing import Callable
 import pandas as pd
 
 from ..errors import BenchbdError
-from .gallery import attack_gallery, gallery_image
+from .gallery import attack_gallery, gallery_columns
 from .plots import scatter_figure
 from .publish import provenance
 from .tables import build_grids, html_page, to_html
@@ -38,13 +38,14 @@ def _figure(uri: str, alt: str, caption: str) -> str:
     return f'<figure><img src="{uri}" alt="{html.escape(alt)}">\n<figcaption>{html.escape(caption)}</figcaption></figure>\n'
 
 
-def _attack_variants(rows: pd.DataFrame, dataset: str) -> list[tuple[str, dict]]:
-    """(attack name, its parameters as the rows recorded them) for each attack setting of a dataset."""
+def _attack_variants(rows: pd.DataFrame, dataset: str) -> list[tuple[str, dict, str, int]]:
+    """(attack name, its parameters as the rows recorded them, a budget and a seed it ran at) for
+    each attack setting of a dataset."""
     part = rows[rows["dataset"] == dataset]
-    seen: dict[str, tuple[str, dict]] = {}
-    for name, params in zip(part["attack"], part["params"]):
+    seen: dict[str, tuple[str, dict, str, int]] = {}
+    for name, params, budget, seed in zip(part["attack"], part["params"], part["budget"], part["seed"]):
         attack_params = (params or {}).get("attack", {}) if isinstance(params, dict) else {}
-        seen.setdefault(f"{name} {json.dumps(attack_params, sort_keys=True)}", (name, attack_params))
+        seen.setdefault(f"{name} {json.dumps(attack_params, sort_keys=True)}", (name, attack_params, budget, int(seed)))
     return list(seen.values())
 
 
@@ -59,12 +60,21 @@ def _gallery(rows: pd.DataFrame, dataset: str, runner, warn: Callable[[str], Non
         message = f"no trigger gallery for {dataset}: {exc}"
         warn(f"warning: {message}")
         return f'<p class="note">{html.escape(message)} (pass --data-root to draw it)</p>\n'
-    attacks = []
-    for attack_name, params in _attack_variants(rows, dataset):
-        attacks.append(runner.attack(attack_name, name, data, Layers(user={"attack": {attack_name: params}})))
-    image = gallery_image(data, attacks, 0)
-    uri = _png(lambda out: attack_gallery(attacks, image, out, 5.0, f"{dataset}: triggers"))
-    return _figure(uri, f"trigger gallery of {dataset}", "Per attack: a clean test image, its triggered version, |difference| x5.")
+    attacks, notes = [], []
+    for attack_name, params, budget, seed in _attack_variants(rows, dataset):
+        layers = Layers(user={"attack": {attack_name: params}})
+        (cell,) = runner.plan([dataset], attack_name, "none", [seed], budget, layers)
+        try:  # a trained trigger (input_aware) comes from the results' cache, or is left out with a note
+            runner.prepare_from_cache(cell)
+            attacks.append(cell.attack)
+        except BenchbdError as exc:
+            warn(f"warning: {exc}")
+            notes.append(f'<p class="note">{html.escape(str(exc))}</p>\n')
+    if not attacks:
+        return "".join(notes)
+    uri = _png(lambda out: attack_gallery(gallery_columns(data, attacks, 0), out, 5.0, f"{dataset}: triggers"))
+    caption = "Per attack: a clean test image, its triggered version, |difference| x5."
+    return "".join(notes) + _figure(uri, f"trigger gallery of {dataset}", caption)
 
 
 def report_page(results_dir: Path, runner, compare: str | None = "paper", datasets=None, budgets=None, warn=print) -> str:

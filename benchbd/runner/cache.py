@@ -48,6 +48,10 @@ class Cache:
     def path(self, kind: str, key: str) -> Path:
         return self.root / kind / f"{key}.pt"
 
+    def get(self, kind: str, identity: dict) -> dict[str, torch.Tensor] | None:
+        """The cached artifact, or None when it is not there (or not whole)."""
+        return self._load(self.path(kind, content_key(identity)))
+
     def get_or_build(self, kind: str, identity: dict, build: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], bool]:
         """(artifact, True) from the cache, or (build(), False) after storing it."""
         path = self.path(kind, content_key(identity))

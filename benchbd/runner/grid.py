@@ -284,20 +284,18 @@ class Runner:
     def defend(self, cell: Cell) -> "Defended":
         """Split, poison, train what the defense needs (cached), run the defense."""
         started = time.perf_counter()
-        data, seed = cell.data, cell.seed
-        splits = split_holdout(data.train, data.test, len(data.classes), cell.dataset.params.holdout_fraction, seed)
-        trainer = Trainer(cell.dataset.pipeline, BUDGETS.get(cell.budget), self.device, seed, self.progress)
-        pipeline = cell.dataset.pipeline
-
-        def new_model(dropout: float = 0.0):
-            return create_model(cell.model_name, splits.num_classes, dropout=dropout, mean=pipeline.mean, std=pipeline.std)
-
+        seed = cell.seed
+        splits, trainer, new_model = self.cell_setup(cell)
+        tools = self.attack_tools(cell, splits, trainer, new_model)
+        if type(cell.attack).prepare is not Attack.prepare:
+            self.progress.stage(f"preparing ({cell.attack.name})")
+            cell.attack.prepare(tools)
         ctx = DefenseContext(trainer, new_model, splits.num_classes, seed)
         ctx.cache_model = lambda purpose, identity, model, train: self.defense_model(cell, purpose, identity, model, train)
         needs = cell.defense.needs
         cached = {}
         if needs & {Need.POISONED_TRAIN, Need.BACKDOORED_MODEL}:
-            poisoned, cached["poisoned_split"] = self.poisoned_split(cell, splits, trainer, new_model)
+            poisoned, cached["poisoned_split"] = self.poisoned_split(cell, splits, tools)
             if Need.POISONED_TRAIN in needs:  # the attacker's training control only where it reaches (Defense docs)
                 ctx.poisoned_train = poisoned if cell.defense.attacker_controls_training else poisoned.static(seed)
             if Need.BACKDOORED_MODEL in needs:
@@ -329,13 +327,57 @@ class Runner:
         hits = (trainer.predict(model, backdoor.images) == attack.params.target).double()
         return round(100 * ca, 4), round(100 * hits.mean().item(), 4) if len(hits) else float("nan"), len(hits)
 
-    def poisoned_split(self, cell: Cell, splits: Splits, trainer: Trainer, new_model) -> tuple[PoisonedSplit, bool]:
-        self.progress.stage(f"poisoning ({cell.attack.name})")
+    def cell_setup(self, cell: Cell) -> tuple[Splits, Trainer, Callable]:
+        """The cell's splits (seeded holdout), trainer and model factory."""
+        data, pipeline = cell.data, cell.dataset.pipeline
+        splits = split_holdout(data.train, data.test, len(data.classes), cell.dataset.params.holdout_fraction, cell.seed)
+        trainer = Trainer(pipeline, BUDGETS.get(cell.budget), self.device, cell.seed, self.progress)
+
+        def new_model(dropout: float = 0.0):
+            return create_model(cell.model_name, splits.num_classes, dropout=dropout, mean=pipeline.mean, std=pipeline.std)
+
+        return splits, trainer, new_model
+
+    def prepare_from_cache(self, cell: Cell) -> None:
+        """The cell's attack ready to stamp triggers from cached artifacts only (the gallery): a
+        one-line error naming the run that builds them when they are not cached yet."""
+        if type(cell.attack).prepare is not Attack.prepare:
+            splits, trainer, new_model = self.cell_setup(cell)
+            cell.attack.prepare(self.attack_tools(cell, splits, trainer, new_model, build=False))
+
+    def attack_tools(self, cell: Cell, splits: Splits, trainer: Trainer, new_model, build: bool = True) -> AttackTools:
+        """What the cell's attack may train and cache: models on the clean training split, artifacts."""
 
         def train_cached(purpose: str, data: Split):
             return self.trained_model(cell, trainer, new_model, purpose, {"clean_train": cell.poison_identity()["dataset"]}, data)[0]
 
-        tools = AttackTools(trainer, splits.train, train_cached)
+        def cached(kind: str, identity: dict, make):
+            key = {
+                **identity,
+                "attack": cell.attack.identity(),
+                "clean_train": cell.poison_identity()["dataset"],
+                "seed": cell.seed,
+                "holdout": cell.dataset.params.holdout_fraction,
+                "model": cell.model_name,
+                "recipe": as_dict(cell.normal_recipe),
+                "budget": cell.budget,
+                "trainer": TRAINER_VERSION,
+            }
+            if not build:
+                found = self.cache.get(kind, key)
+                if found is None:
+                    raise BenchbdError(
+                        f"attack {cell.attack.name} has no {kind} for {cell.dataset_name}, seed {cell.seed}, budget {cell.budget} "
+                        f"in {self.cache.root} yet: `benchbd run --dataset {cell.dataset_name} --attacks {cell.attack.name} "
+                        f"--defenses none --budget {cell.budget}` trains it"
+                    )
+                return found
+            return self.cache.get_or_build(kind, key, make)[0]
+
+        return AttackTools(trainer, splits.train, train_cached, new_model, cell.normal_recipe, cached)
+
+    def poisoned_split(self, cell: Cell, splits: Splits, tools: AttackTools) -> tuple[PoisonedSplit, bool]:
+        self.progress.stage(f"poisoning ({cell.attack.name})")
 
         def build():
             p = cell.attack.poison(splits.train, splits.full_train_size, cell.seed, tools)
