@@ -180,7 +180,7 @@ def test_list_shows_every_kind():
         ("models", "wrn16_1"),
         ("budgets", "smoke"),
     ]:
-        res = CliRunner().invoke(main, ["list", kind], env={"COLUMNS": "200"})  # wide: cells unwrapped
+        res = CliRunner().invoke(main, ["list", kind], env={"COLUMNS": "300"})  # wide: cells unwrapped
         assert res.exit_code == 0 and expected in res.output
 
 
@@ -246,7 +246,7 @@ def test_entry_point_plugin_is_discovered(tmp_path):
     (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: example-plugin\nVersion: 1.0\n")
     (dist / "entry_points.txt").write_text("[benchbd.plugins]\nexample = benchbd_example_plugin\n")
     shutil.copy(PLUGIN, site)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "COLUMNS": "200"}
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(site), str(REPO)]), "COLUMNS": "300"}
     out = subprocess.run([sys.executable, "-m", "benchbd", "list", "defenses"], capture_output=True, text=True, env=env, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "reinit_fc" in out.stdout and "example plugin" in out.stdout
@@ -316,7 +316,9 @@ def test_every_attack_runs_end_to_end(tmp_path):
     assert res.exit_code == 0, res.output
     rows = Results(tmp_path).rows()
     in_all = {n for n in ATTACKS.names() if ATTACKS.get(n).in_all}
-    modern = {"wanet", "bpp", "adap_blend", "adap_patch"}  # tested in test_modern_attacks.py
+    from benchbd.attacks import attack_groups
+
+    modern = set(attack_groups()["modern"])  # tested in test_modern_attacks.py
     assert in_all == set(ATTACKS.names()) - {"lba_10", "lba_12", "lba_14", "clean"} - modern
     assert {r["attack"] for r in rows} == in_all | {"lba_12"} and len(rows) == 2 * (len(in_all) + 1)
     assert len(list((tmp_path / "cache" / "lcba_surrogate").glob("*.pt"))) == 1  # built once, shared by both defenses
@@ -379,10 +381,10 @@ def test_defenses_all_trains_each_backdoored_model_once(tmp_path):
     )
     assert res.exit_code == 0, res.output
     rows = Results(tmp_path).rows()
-    from benchbd.defenses import DEFENSES, Need
+    from benchbd.defenses import DEFENSES, Need, defense_groups
 
     repairs = [r for r in rows if "backdoored_model" in r["cached"]]
-    expected = [n for n in DEFENSES.names() if Need.BACKDOORED_MODEL in DEFENSES.get(n).needs]
+    expected = [n for n in defense_groups()["all"] if Need.BACKDOORED_MODEL in DEFENSES.get(n).needs]
     assert sorted(r["defense"] for r in repairs) == sorted(expected) and len(expected) >= 6
     assert sum(not r["cached"]["backdoored_model"] for r in repairs) == 1  # trained by the first, reused by the rest
     assert len(list((tmp_path / "cache" / "backdoored").glob("*.pt"))) == 1
@@ -494,7 +496,7 @@ def test_paths_that_cannot_be_written_are_one_line(tmp_path):
             f"cannot write to the cache directory '{blocker / 'cache'}'",
         ),
         (["table", "--results", grid, "-o", blocker / "x.md"], f"cannot write '{blocker / 'x.md'}'"),
-        (["show", "attacks", "--out", blocker / "g.png"], f"cannot write '{blocker / 'g.png'}'"),
+        (["show", "attacks", "--attacks", "blend", "--out", blocker / "g.png"], f"cannot write '{blocker / 'g.png'}'"),
         (["plot", "scatter", "--results", grid, "--out", blocker / "s.png"], f"cannot write '{blocker / 's.png'}'"),
         (["run", *SYN, "--results", tmp_path / "dry", "--dry-run", "--jobs-per-gpu", "0"], "--jobs-per-gpu 0 is invalid"),
         (["run", *SYN, "--results", tmp_path / "dry", "--dry-run", "--executor", "slurm"], "unknown executor 'slurm'"),

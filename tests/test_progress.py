@@ -171,7 +171,7 @@ def test_every_cli_option_has_help_and_clean_is_not_dirty():
 
     missing = [f"{where} {param.opts[0]}" for where, param in options(main) if not param.help]
     assert missing == []
-    res = CliRunner().invoke(main, ["list", "attacks"], env={"COLUMNS": "200"})
+    res = CliRunner().invoke(main, ["list", "attacks"], env={"COLUMNS": "300"})
     clean = next(line for line in res.output.splitlines() if "│ clean " in line)
     assert "none (no attack)" in clean and "dirty" not in clean
 
