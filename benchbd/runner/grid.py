@@ -95,6 +95,18 @@ class Defended:
     started: float  # perf_counter() when the cell began
 
 
+def training_key(cell: Cell) -> dict:
+    """What, besides its data, determines a model or artifact trained for a cell (part of cache keys)."""
+    return {
+        "seed": cell.seed,
+        "holdout": cell.dataset.params.holdout_fraction,
+        "model": cell.model_name,
+        "recipe": as_dict(cell.normal_recipe),
+        "budget": cell.budget,
+        "trainer": TRAINER_VERSION,
+    }
+
+
 @functools.lru_cache(maxsize=1)
 def git_commit() -> str:
     try:
@@ -352,17 +364,7 @@ class Runner:
             return self.trained_model(cell, trainer, new_model, purpose, {"clean_train": cell.poison_identity()["dataset"]}, data)[0]
 
         def cached(kind: str, identity: dict, make):
-            key = {
-                **identity,
-                "attack": cell.attack.identity(),
-                "clean_train": cell.poison_identity()["dataset"],
-                "seed": cell.seed,
-                "holdout": cell.dataset.params.holdout_fraction,
-                "model": cell.model_name,
-                "recipe": as_dict(cell.normal_recipe),
-                "budget": cell.budget,
-                "trainer": TRAINER_VERSION,
-            }
+            key = {**identity, "attack": cell.attack.identity(), "clean_train": cell.poison_identity()["dataset"], **training_key(cell)}
             if not build:
                 found = self.cache.get(kind, key)
                 if found is None:
@@ -424,16 +426,7 @@ class Runner:
         def build():
             return trainer.fit(model, data, cell.normal_recipe, desc=purpose).state_dict()
 
-        key = {
-            **identity,
-            "purpose": purpose,
-            "seed": cell.seed,
-            "holdout": cell.dataset.params.holdout_fraction,
-            "model": cell.model_name,
-            "recipe": as_dict(cell.normal_recipe),
-            "budget": cell.budget,
-            "trainer": TRAINER_VERSION,
-        }
+        key = {**identity, "purpose": purpose, **training_key(cell)}
         state, hit = self.cache.get_or_build(purpose.replace(" ", "_"), key, build)
         model.load_state_dict(state)
         return model, hit
