@@ -72,16 +72,31 @@ def test_clp_prunes_the_channel_with_a_planted_high_lipschitz_bound():
 
 def test_defense_groups_and_the_cli_path(tmp_path):
     groups = defense_groups()
-    assert groups["modern"] == ["clp", "fst", "ftsam"] and not set(groups["modern"]) & set(groups["all"])
+    modern = ["ac", "clp", "fst", "ftsam", "nc", "rnp", "sau", "spectral"]
+    assert groups["modern"] == modern and not set(groups["modern"]) & set(groups["all"])
     assert {"tnr", "ft", "fp", "dp"} <= set(groups["all"])
     res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "badnet_grid,wanet", "--defenses", "modern", "--results", str(tmp_path)])
     assert res.exit_code == 0, res.output
     rows = Results(tmp_path).rows()
-    assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in ("badnet_grid", "wanet") for d in ("clp", "fst", "ftsam")}
-    assert all("pruned_channels" in r["metrics"] for r in rows if r["defense"] == "clp")
+    assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in ("badnet_grid", "wanet") for d in modern}
+    assert all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
+    assert all("pruned_channels" in r["metrics"] for r in rows if r["defense"] in ("clp", "rnp"))
     assert all(r["metrics"]["n_clean"] == int(0.4 * r["n_holdout"]) for r in rows if r["defense"] == "fst")
-    res = CliRunner().invoke(main, ["table", "--results", str(tmp_path), "--extra", "pruned_channels"])
-    assert res.exit_code == 0 and "pruned_channels" in res.output
+    assert all(r["metrics"]["n_clean"] == int(0.2 * r["n_holdout"]) for r in rows if r["defense"] == "rnp")
+    assert all({"nc_anomaly_index", "nc_flagged", "nc_found_target"} <= set(r["metrics"]) for r in rows if r["defense"] == "nc")
+    assert all(
+        {"detection_precision", "detection_recall", "removed"} <= set(r["metrics"]) for r in rows if r["defense"] in ("spectral", "ac")
+    )
+    res = CliRunner().invoke(
+        main,
+        [
+            "table",
+            "--results",
+            str(tmp_path),
+            *("--extra", "pruned_channels", "--extra", "nc_anomaly_index", "--extra", "detection_recall"),
+        ],
+    )
+    assert res.exit_code == 0 and "pruned_channels" in res.output and "nc_anomaly_index" in res.output and "detection_recall" in res.output
     res = CliRunner().invoke(main, ["list", "defenses"], env={"COLUMNS": "250"})
     assert "clp" in res.output and "Zheng" in res.output and "group 'modern'" in res.output
 
@@ -190,3 +205,292 @@ def test_ftsam_restores_the_weights_before_the_step_and_keeps_bn_statistics_of_t
     sam.restore(None, (), {})
     assert all(torch.equal(p, before[n]) for n, p in net.named_parameters())
     assert len(used) >= len(list(net.parameters())) - 4 and all(p.grad is not None for p in used)  # gradients from w + e
+
+
+# --- Neural Cleanse --------------------------------------------------------------------------
+
+
+class PlantedCorner(torch.nn.Module):
+    """A nearest-colour classifier with a planted backdoor: a white 3x3 top-left corner sends any
+    image to class 3. Reaching another class needs most of the image recoloured."""
+
+    def __init__(self, prototypes, backdoor=True):
+        super().__init__()
+        self.prototypes = torch.nn.Parameter(prototypes.clone())
+        self.backdoor = backdoor
+
+    def forward(self, x):
+        logits = -40 * torch.cdist(x.mean((2, 3)), self.prototypes).pow(2)
+        if self.backdoor:
+            bonus = 60 * torch.sigmoid(20 * (x[:, :, :3, :3].mean((1, 2, 3)) - 0.75))
+            logits = logits + bonus[:, None] * torch.nn.functional.one_hot(torch.tensor(3), 10).to(x)
+        return logits
+
+
+def colour_holdout(n=300, seed=1):
+    from benchbd.data import Split
+
+    g = torch.Generator().manual_seed(seed)
+    prototypes = torch.rand(10, 3, generator=g) * 0.6 + 0.2
+    labels = torch.arange(n) % 10
+    images = (prototypes[labels][:, None, None, :] + 0.05 * torch.randn(n, 32, 32, 3, generator=g)).clamp(0, 1)
+    return Split((images * 255).to(torch.uint8), labels), prototypes
+
+
+def nc_run(backdoor=True):
+    from benchbd.data.augment import SmallImages
+    from benchbd.train import Budget, Trainer, TrainRecipe
+
+    holdout, prototypes = colour_holdout()
+    model = PlantedCorner(prototypes, backdoor)
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=80), "cpu", seed=0)
+    params = DEFENSES.get("nc").Params(batch_size=100, recipe=TrainRecipe(optimizer="sgd", lr=0.01, epochs=2, batch_size=100))
+    ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=model, attack_target=3)
+    defense = DEFENSES.get("nc")(params, "nc")
+    return defense, ctx, defense.run(ctx), model
+
+
+def test_nc_flags_the_planted_target_with_the_highest_anomaly_index_and_unlearns_its_trigger():
+    defense, ctx, out, model = nc_run()
+    l1 = ctx.metrics["nc_mask_l1"]
+    assert ctx.metrics["nc_flagged"] == [3] and ctx.metrics["nc_found_target"] is True
+    assert int(np.argmin(l1)) == 3 and ctx.metrics["nc_anomaly_index"] > 2
+    assert l1[3] < 0.05 * np.median(l1)  # the planted trigger is tiny next to every other label's
+    mask, pattern = defense.reverse_engineer(ctx, copy.deepcopy(model).eval(), ctx.holdout, 3)
+    assert mask[0, :3, :3].sum() > 0.5 * mask.sum() and pattern[:, :3, :3].mean() > 0.6  # a white corner, recovered
+    assert not torch.equal(out.prototypes, model.prototypes)  # flagged: the model was fine-tuned (unlearning)
+    assert torch.equal(model.prototypes, colour_holdout()[1])  # the backdoored model itself is untouched
+
+
+def test_nc_without_a_backdoor_flags_nothing_and_returns_the_model_unchanged():
+    _, ctx, out, model = nc_run(backdoor=False)
+    assert ctx.metrics["nc_flagged"] == [] and ctx.metrics["nc_found_target"] is False
+    assert torch.equal(out.prototypes, model.prototypes)
+
+
+def test_nc_cost_schedule_and_mad_by_hand():
+    from benchbd.defenses.nc import CostSchedule, anomaly
+
+    p = DEFENSES.get("nc").Params(init_cost=1e-3, patience=2, cost_multiplier=2.0)
+    s = CostSchedule(p)
+    costs = []
+    for success in [True, True, True, True, False, False, True]:
+        s.update(success, float("inf"))
+        costs.append(s.cost)
+    # 0 until 2 successes, then init; doubled after 2 more; divided by 2^1.5 after 2 failures
+    assert costs[:2] == [0.0, 1e-3] and costs[3] == 2e-3 and abs(costs[5] - 2e-3 / 2**1.5) < 1e-12
+    l1 = torch.tensor([10.0, 100, 104, 96, 102, 98])
+    index, flagged = anomaly(l1, 2.0)
+    mad = 1.4826 * float((l1 - l1.median()).abs().median())
+    assert flagged == [0] and abs(index - abs(10 - float(l1.median())) / mad) < 1e-4
+
+
+# --- RNP -------------------------------------------------------------------------------------
+
+
+def rnp_setting():
+    """A WRN that has learnt the colour task (holdout accuracy well above 20%) and its holdout."""
+    from benchbd.data.augment import SmallImages
+    from benchbd.train import Budget, Trainer, TrainRecipe
+
+    holdout, _ = colour_holdout(n=640)
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=6), "cpu", seed=0)
+    torch.manual_seed(0)
+    model = trainer.fit(create_model("wrn16_1", 10), holdout, TrainRecipe(lr=0.01, epochs=6, batch_size=64))
+    return trainer, holdout, model
+
+
+def test_rnp_unlearns_below_the_clean_threshold_then_prunes_the_backdoored_model_by_recovered_masks(monkeypatch):
+    from benchbd.defenses.anp import batchnorms
+    from benchbd.defenses.rnp import ReconstructiveNeuronPruning
+
+    trainer, holdout, backdoored = rnp_setting()
+    assert trainer.accuracy(backdoored, holdout) > 0.6
+    seen = {}
+    real_recover = ReconstructiveNeuronPruning.recover
+
+    def spy(self, ctx, model, clean):
+        seen["unlearned"] = copy.deepcopy(model)
+        masks = real_recover(self, ctx, model, clean)
+        seen["masks"] = masks
+        planted = {n: torch.ones_like(m) for n, m in masks.items()}
+        planted["units.2.bn2"][4] = 0.1  # one channel that "did not recover"
+        return planted
+
+    monkeypatch.setattr(ReconstructiveNeuronPruning, "recover", spy)
+    params = DEFENSES.get("rnp").Params(holdout_share=1.0, batch_size=64, unlearning_lr=0.05)
+    ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=copy.deepcopy(backdoored))
+    out = DEFENSES.get("rnp")(params, "rnp").run(ctx)
+    assert ctx.metrics["unlearned_accuracy"] <= 0.2  # unlearning erased the clean task before recovery
+    assert trainer.accuracy(seen["unlearned"], holdout) < 0.35
+    assert all(0 <= float(m.min()) and float(m.max()) <= 1 for m in seen["masks"].values())
+    assert any(float(m.min()) < 1 for m in seen["masks"].values())  # the masks were learnt
+    assert ctx.metrics["pruned_channels"] == 1 and ctx.metrics["n_clean"] == len(holdout)
+    bn = batchnorms(out)["units.2.bn2"]
+    assert bn.weight[4] == 0 and bn.bias[4] == batchnorms(backdoored)["units.2.bn2"].bias[4]  # weight only, as the official code
+    changed = [n for n, v in out.state_dict().items() if not torch.equal(v, backdoored.state_dict()[n])]
+    assert changed == ["units.2.bn2.weight"]  # pruned on the backdoored model, not the unlearned one
+
+
+def test_rnp_takes_its_own_share_of_the_holdout():
+    trainer, holdout, backdoored = rnp_setting()
+    ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=backdoored)
+    DEFENSES.get("rnp")(DEFENSES.get("rnp").Params(), "rnp").run(ctx)
+    assert ctx.metrics["n_clean"] == int(0.2 * len(holdout))  # 1% of a training set whose holdout is 5%
+
+
+# --- SAU -------------------------------------------------------------------------------------
+
+
+def test_sau_shared_adversarial_term_by_hand():
+    from benchbd.defenses.sau import js_divergence, shared_adversarial_loss
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(6, 10, generator=g)
+    adv_label = torch.tensor([1, 2, 3, 4, 5, 6])
+    selected = torch.tensor([True, False, True, True, False, True])
+    p = torch.softmax(logits, 1)[torch.arange(6), adv_label]
+    by_hand = -torch.log(1 - p[selected]).sum() / 6
+    assert torch.allclose(shared_adversarial_loss(logits, adv_label, selected), by_hand, atol=1e-4)
+    assert float(shared_adversarial_loss(logits, adv_label, torch.zeros(6, dtype=torch.bool))) == 0
+    a, b = torch.randn(4, 10, generator=g), torch.randn(4, 10, generator=g)
+    assert torch.allclose(js_divergence(a, b), js_divergence(b, a)) and torch.allclose(js_divergence(a, a), torch.zeros(4), atol=1e-6)
+    pa, pb = torch.softmax(a, 1), torch.softmax(b, 1)
+    m = (pa + pb) / 2
+    assert torch.allclose(js_divergence(a, b), 0.5 * (pa * (pa / m).log()).sum(1) + 0.5 * (pb * (pb / m).log()).sum(1), atol=1e-5)
+
+
+def test_sau_outer_loss_holds_the_shared_term_and_pgd_stays_in_its_ball():
+    from benchbd.defenses.sau import SharedAdversarialUnlearning, shared_adversarial_loss
+
+    reference = trained_looking().eval()
+    model = copy.deepcopy(reference)
+    with torch.no_grad():
+        for q in model.parameters():
+            q.add_(0.05 * torch.randn_like(q))
+    x, y = torch.rand(32, 3, 32, 32), torch.arange(32) % 10
+    sau = SharedAdversarialUnlearning(DEFENSES.get("sau").Params(), "sau")
+    delta = sau.shared_pgd(model, reference, x, y)
+    assert float(delta.abs().max()) <= 0.2 + 1e-6 and not torch.all(delta == 0.2)  # moved from its +0.2 start, projected
+    with_term, _ = sau.unlearning_loss(model, reference, x, y, delta)
+    sau.params.lambda_shared = 0.0
+    without, _ = sau.unlearning_loss(model, reference, x, y, delta)
+    with torch.no_grad():
+        adv_ref, clean_ref = reference(x + delta).argmax(1), reference(x).argmax(1)
+        poison = (adv_ref != y) & (adv_ref != clean_ref)
+        term = shared_adversarial_loss(model(x + delta), adv_ref, poison)
+    assert poison.any() and float(term) > 0
+    assert torch.allclose(with_term - without, term, atol=1e-5)
+
+
+def test_sau_repairs_a_copy_with_bn_frozen_and_leaves_the_backdoored_model_alone():
+    trainer, holdout, backdoored = fst_setting()
+    before = copy.deepcopy(backdoored.state_dict())
+    ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=backdoored)
+    out = DEFENSES.get("sau")(DEFENSES.get("sau").Params(batch_size=64), "sau").run(ctx)
+    assert all(torch.equal(v, before[n]) for n, v in backdoored.state_dict().items())
+    stats = [n for n in before if "running" in n]
+    assert all(torch.equal(out.state_dict()[n], before[n]) for n in stats)  # eval mode throughout, as the official code
+    assert any(not torch.equal(out.state_dict()[n], before[n]) for n in before if n not in stats)
+    assert 0 <= ctx.metrics["sau_shared_share_last_round"] <= 1
+
+
+# --- Spectral Signatures and Activation Clustering ---------------------------------------------
+
+
+def toy_net():
+    """Features = the image average-pooled to 8x8 (the last unit's output and the classifier's input)."""
+    from benchbd.models.base import SplitNet
+
+    return SplitNet([torch.nn.Identity(), torch.nn.AvgPool2d(4)], torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 8 * 8, 10)))
+
+
+def toy_poisoned(n_poison, n_per=60, target=0, seed=0):
+    """Ten plain-colour labels; poison: other labels' images with a white 4x4 corner, labelled `target`."""
+    import itertools
+
+    from benchbd.data import PoisonedSplit
+
+    colours = torch.tensor([*itertools.product((0.2, 0.8), repeat=3), (0.5, 0.5, 0.5), (0.2, 0.5, 0.8)])
+    g = torch.Generator().manual_seed(seed)
+    labels = torch.arange(10 * n_per) % 10
+    images = (colours[labels][:, None, None, :] + 0.05 * torch.randn(len(labels), 32, 32, 3, generator=g)).clamp(0, 1)
+    sources = torch.nonzero(labels != target).flatten()
+    chosen = sources[torch.randperm(len(sources), generator=g)[:n_poison]].sort().values
+    images[chosen, :4, :4] = 1.0
+    labels[chosen] = target
+    return PoisonedSplit((images * 255).to(torch.uint8), labels, poisoned=chosen)
+
+
+def cleanse(name, n_poison, monkeypatch, **params):
+    """Run SS or AC on the toy set; (metrics, removed mask, the sizes every training saw)."""
+    from benchbd.data.augment import SmallImages
+    from benchbd.train import Budget, Trainer, TrainRecipe
+
+    data = toy_poisoned(n_poison)
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=15), "cpu", seed=0)
+    recipe = TrainRecipe(lr=0.01, epochs=15, batch_size=32)
+    torch.manual_seed(0)
+    backdoored = trainer.fit(toy_net(), data, recipe)
+    sizes, removed = [], {}
+    real_fit, real_score = trainer.fit, __import__("benchbd.defenses.common", fromlist=["x"]).score_removal
+
+    def fit_spy(model, split, recipe, **kwargs):
+        sizes.append(len(split))
+        return real_fit(model, split, recipe, **kwargs)
+
+    def score_spy(ctx, data, mask):
+        removed["mask"] = mask.clone()
+        real_score(ctx, data, mask)
+
+    monkeypatch.setattr(trainer, "fit", fit_spy)
+    monkeypatch.setattr(f"benchbd.defenses.{'spectral' if name == 'spectral' else 'activation_clustering'}.score_removal", score_spy)
+    ctx = DefenseContext(trainer, toy_net, 10, 0, poisoned_train=data, backdoored_model=backdoored, normal_recipe=recipe)
+    out = DEFENSES.get(name)(DEFENSES.get(name).Params(**params), name).run(ctx)
+    assert out is not backdoored
+    target = data.labels == 0
+    in_target = removed["mask"] & target
+    return ctx.metrics, removed["mask"], sizes, float(data.poison_mask[in_target].double().mean())
+
+
+def test_spectral_signatures_remove_the_poison_of_the_target_label_and_retrain_on_the_rest(monkeypatch):
+    metrics, removed, sizes, target_precision = cleanse("spectral", 20, monkeypatch)
+    assert metrics["detection_recall"] >= 0.9 and target_precision >= 0.45  # 1.5 eps caps at half a label: 40 of 80
+    assert metrics["removed"] == int(removed.sum()) and sizes == [600 - metrics["removed"]]  # one retraining, on the kept samples
+    # per label: min(1.5 x 10% x 600, half the label)
+    assert int(removed[toy_poisoned(20).labels == 3].sum()) == int(0.5 * int((toy_poisoned(20).labels == 3).sum()))
+    # a smaller budget removes fewer per label
+    small, removed_small, _, _ = cleanse("spectral", 20, monkeypatch, poison_budget=0.01)
+    assert small["removed"] < metrics["removed"] and small["detection_precision"] > metrics["detection_precision"]
+
+
+def test_spectral_score_is_the_squared_projection_on_the_top_singular_vector_of_centred_features():
+    from benchbd.defenses.spectral import spectral_scores
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(50, 6, generator=g) + 3.0
+    centred = (features - features.mean(0)).double().numpy()
+    v = np.linalg.svd(centred, full_matrices=False)[2][0]
+    assert np.allclose(spectral_scores(features).numpy(), (centred @ v) ** 2)
+
+
+def test_activation_clustering_by_size_at_low_poison_and_by_exclusionary_reclassification_at_half(monkeypatch):
+    low, _, sizes, precision = cleanse("ac", 20, monkeypatch)  # a quarter of the target label: the size rule decides
+    assert low["detection_recall"] >= 0.9 and precision >= 0.9 and 0 not in low["ac_reclassified_labels"]
+    assert len(sizes) == (3 if low["ac_decided_by_size"] < 10 else 1)  # two judges (without either cluster) when a label is undecided
+    half, removed, sizes, precision = cleanse("ac", 60, monkeypatch)  # half the target label: no cluster under 35%
+    assert 0 in half["ac_reclassified_labels"] and half["detection_recall"] >= 0.85 and precision >= 0.9
+    assert sizes[-1] == 600 - half["removed"]  # the final model trains on what is kept
+    size_only, _, _, _ = cleanse("ac", 60, monkeypatch, analysis="relative_size")  # without it the poison stays
+    assert size_only["detection_recall"] < 0.2
+
+
+def test_two_means_and_reclassification_by_hand():
+    from benchbd.defenses.activation_clustering import reclassification, two_means
+
+    g = torch.Generator().manual_seed(0)
+    points = torch.cat([torch.randn(30, 2, generator=g) * 0.1, torch.randn(10, 2, generator=g) * 0.1 + 5]).double()
+    assign = two_means(points, 3, torch.Generator().manual_seed(1))
+    assert len(set(assign[:30].tolist())) == 1 and len(set(assign[30:].tolist())) == 1 and assign[0] != assign[-1]
+    ratio, spread = reclassification(torch.tensor([2, 2, 2, 5, 5, 1]), 2, 10)
+    assert ratio == 1.5 and spread == 2 / 6

@@ -14,11 +14,11 @@ from typing import Any, Callable
 
 from torch import nn
 
-from ..data.splits import PoisonedSplit, Split
+from ..data.splits import PoisonedSplit, Split, limit_holdout
 from ..errors import BenchbdError
 from ..models.base import SplitNet
 from ..registry import Registry
-from ..train import Trainer
+from ..train import Trainer, TrainRecipe
 
 DEFENSES: Registry[type["Defense"]] = Registry("defense")
 
@@ -51,6 +51,10 @@ class DefenseContext:
     # Set by the runner: (purpose, identity, model, train) -> True if `model` was loaded from the cache
     cache_model: Callable[[str, dict, nn.Module, Callable[[nn.Module], Any]], bool] | None = None
     cached: dict[str, bool] = field(default_factory=dict)  # cache hits, for the result row
+    normal_recipe: TrainRecipe | None = None  # the cell's normal training (defenses that retrain from scratch)
+    # The attack's target class, set by the runner for scoring only (does NC flag the true target?):
+    # no decision of a defense may read it.
+    attack_target: int | None = None
 
     def cached_model(self, purpose: str, identity: dict, model: nn.Module, train: Callable[[nn.Module], Any]) -> nn.Module:
         """`train(model)`, or its result from the cache when another cell already trained the same.
@@ -63,6 +67,14 @@ class DefenseContext:
         else:
             self.cached[purpose] = self.cache_model(purpose, identity, model, train)
         return model
+
+    def clean_share(self, share: float) -> Split:
+        """A seeded `share` of the holdout, for methods whose own clean-data size is smaller than
+        benchbd's (RNP 1%, FST 2% of the training set); its size goes into the row."""
+        holdout = self.need(Need.HOLDOUT)
+        clean = limit_holdout(holdout, max(1, int(share * len(holdout))), self.seed)
+        self.metrics["n_clean"] = len(clean)
+        return clean
 
     def need(self, what: Need):
         value = {Need.POISONED_TRAIN: self.poisoned_train, Need.HOLDOUT: self.holdout, Need.BACKDOORED_MODEL: self.backdoored_model}[what]

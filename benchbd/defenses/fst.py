@@ -15,13 +15,11 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from ..config import check
-from ..data import limit_holdout
-from ..errors import BenchbdError
 from ..train import TrainRecipe
 from .base import DEFENSES, Defense, Need
+from .common import classifier_head
 
 
 def fst_recipe() -> TrainRecipe:
@@ -40,13 +38,6 @@ class FstParams:
         check(0 < self.holdout_share <= 1, f"holdout_share={self.holdout_share} must be in (0, 1]")
 
 
-def classifier_head(net: nn.Module) -> nn.Linear:
-    heads = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not heads:
-        raise BenchbdError(f"fst needs a model with a linear classifier head; {type(net).__name__} has none")
-    return heads[-1]
-
-
 @DEFENSES.register("fst", aliases=("feature_shift_tuning",))
 class FeatureShiftTuning(Defense):
     """FST: re-initialise the head, fine-tune everything away from the old head's direction, norm kept (modern)."""
@@ -58,9 +49,7 @@ class FeatureShiftTuning(Defense):
 
     def run(self, ctx):
         net = copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))
-        holdout = ctx.need(Need.HOLDOUT)
-        clean = limit_holdout(holdout, max(1, int(self.params.holdout_share * len(holdout))), ctx.seed)
-        ctx.metrics["n_clean"] = len(clean)
+        clean = ctx.clean_share(self.params.holdout_share)
         head = classifier_head(net)
         old = head.weight.detach().clone()
         norm = old.norm()

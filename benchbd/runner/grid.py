@@ -302,7 +302,8 @@ class Runner:
         if type(cell.attack).prepare is not Attack.prepare:
             self.progress.stage(f"preparing ({cell.attack.name})")
             cell.attack.prepare(tools)
-        ctx = DefenseContext(trainer, new_model, splits.num_classes, seed)
+        target = getattr(cell.attack.params, "target", None)  # scores NC's detection; no defense decides on it
+        ctx = DefenseContext(trainer, new_model, splits.num_classes, seed, normal_recipe=cell.normal_recipe, attack_target=target)
         ctx.cache_model = lambda purpose, identity, model, train: self.defense_model(cell, purpose, identity, model, train)
         needs = cell.defense.needs
         cached = {}
