@@ -72,7 +72,7 @@ def test_clp_prunes_the_channel_with_a_planted_high_lipschitz_bound():
 
 def test_defense_groups_and_the_cli_path(tmp_path):
     groups = defense_groups()
-    modern = ["ac", "clp", "fst", "ftsam", "nc", "rnp", "sau", "spectral"]
+    modern = ["ac", "bti_dbf", "clp", "fst", "ftsam", "nc", "rnp", "sau", "spectral"]
     assert groups["modern"] == modern and not set(groups["modern"]) & set(groups["all"])
     assert {"tnr", "ft", "fp", "dp"} <= set(groups["all"])
     res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "badnet_grid,wanet", "--defenses", "modern", "--results", str(tmp_path)])
@@ -494,3 +494,85 @@ def test_two_means_and_reclassification_by_hand():
     assert len(set(assign[:30].tolist())) == 1 and len(set(assign[30:].tolist())) == 1 and assign[0] != assign[-1]
     ratio, spread = reclassification(torch.tensor([2, 2, 2, 5, 5, 1]), 2, 10)
     assert ratio == 1.5 and spread == 2 / 6
+
+
+# --- BTI-DBF ---------------------------------------------------------------------------------
+
+
+class CornerStamp(torch.nn.Module):
+    """A stand-in trigger generator: paints the white 4x4 corner of `toy_poisoned`'s poison."""
+
+    def forward(self, x):
+        out = x.clone()
+        out[:, :, :4, :4] = 1.0
+        return out
+
+
+def toy_backdoored():
+    from benchbd.data.augment import SmallImages
+    from benchbd.train import Budget, Trainer, TrainRecipe
+
+    data = toy_poisoned(100)
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=30), "cpu", seed=0)
+    torch.manual_seed(0)
+    model = trainer.fit(toy_net(), data, TrainRecipe(lr=0.03, epochs=30, batch_size=32), augment=False)  # crops would move the corner
+    clean = torch.ones(len(data), dtype=torch.bool)
+    clean[data.poisoned] = False
+    return trainer, data.subset(clean), model
+
+
+def toy_asr(trainer, model, clean):
+    x = trainer.pipeline.test(clean.images)
+    keep = clean.labels != 0
+    with torch.no_grad():
+        return float((model.eval()(CornerStamp()(x))[keep].argmax(1) == 0).double().mean())
+
+
+def test_bti_dbf_detects_the_target_from_generated_images_and_unlearning_the_generated_trigger_removes_it():
+    from benchbd.defenses.bti_dbf import BtiDbf
+
+    trainer, clean, backdoored = toy_backdoored()
+    assert toy_asr(trainer, backdoored, clean) > 0.8
+    defense = BtiDbf(DEFENSES.get("bti_dbf").Params(batch_size=32, unlearning_epochs=5), "bti_dbf")
+    ctx = DefenseContext(trainer, toy_net, 10, 0, holdout=clean)
+    assert defense.detect_target(ctx, backdoored, CornerStamp(), clean) == 0  # the inverted trigger's majority label
+    after = {}
+    for name, gen_net in (("trigger", CornerStamp()), ("identity", torch.nn.Identity())):
+        model = copy.deepcopy(backdoored)
+        optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
+        defense.unlearn(ctx, model, gen_net, optimizer, clean, 0)
+        after[name] = toy_asr(trainer, model, clean)
+    assert after["trigger"] < 0.2 < after["identity"]  # unlearning acts through the generated images
+
+
+def test_bti_dbf_generator_shifts_non_benign_features_only_within_its_image_bound():
+    from benchbd.defenses.bti_dbf import BtiDbf, UNet
+
+    trainer, clean, backdoored = toy_backdoored()
+    x = trainer.pipeline.test(clean.images[:64])
+    moved = {}
+    for bound in (1e-9, 10.0):
+        torch.manual_seed(0)
+        gen_net = UNet(base=4, levels=2)
+        params = DEFENSES.get("bti_dbf").Params(batch_size=32, norm_bound=bound, feature_bound=1e9, mask_epochs=2, generator_epochs=5)
+        ctx = DefenseContext(trainer, toy_net, 10, 0, holdout=clean)
+        optimizer = torch.optim.Adam(gen_net.parameters(), lr=0.01)
+        BtiDbf(params, "bti_dbf").invert(ctx, copy.deepcopy(backdoored), gen_net, optimizer, clean, 0, None)
+        with torch.no_grad():
+            out = gen_net.eval()(x)
+            moved[bound] = float(torch.nn.functional.mse_loss(backdoored.penultimate(out), backdoored.penultimate(x)))
+    assert moved[10.0] > 3 * moved[1e-9]  # unbounded, G pushes the features away; bounded, it only tracks the image
+
+
+def test_bti_dbf_caches_its_generator_warm_up_and_reports_the_detected_target():
+    trainer, clean, backdoored = toy_backdoored()
+    calls = []
+    ctx = DefenseContext(trainer, toy_net, 10, 0, holdout=clean, backdoored_model=backdoored, attack_target=0)
+    ctx.cache_model = lambda purpose, identity, model, train: calls.append((purpose, identity)) or bool(train(model))
+    params = DEFENSES.get("bti_dbf").Params(
+        rounds=2, pretrain_epochs=1, mask_epochs=1, generator_epochs=1, unlearning_epochs=1, batch_size=32, generator_width=4
+    )
+    out = DEFENSES.get("bti_dbf")(params, "bti_dbf").run(ctx)
+    assert [c[0] for c in calls] == ["generator_warmup"] and calls[0][1]["n_holdout"] == len(clean)
+    assert ctx.metrics["bti_found_target"] == (ctx.metrics["bti_target"] == 0) and "bti_image_mse" in ctx.metrics
+    assert any(not torch.equal(a, b) for a, b in zip(out.parameters(), backdoored.parameters()))

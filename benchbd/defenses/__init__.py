@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from . import abl, activation_clustering, anp, clp, dp, fp, fst, ft, ftsam, ibau, nad, nc, none, rnp, sau, spectral, tnr  # noqa: F401  (registration)
+from . import abl, activation_clustering, anp, bti_dbf, clp, dp, fp, fst, ft, ftsam, ibau, nad, nc, none, rnp, sau, spectral, tnr  # noqa: F401  (registration)
 from .base import DEFENSES, Defense, DefenseContext, DefenseParams, Frozen, Need, defense_groups
 
 

@@ -60,6 +60,18 @@ class SplitNet(nn.Module):
             x = unit(x)
         return self.tail(x)
 
+    def penultimate(self, x: torch.Tensor) -> torch.Tensor:
+        """The classifier's input (the last hidden layer): everything but the tail's final Linear."""
+        x = self.normalize(x)
+        for unit in self.units:
+            x = unit(x)
+        return self.tail[:-1](x)
+
+    @property
+    def classifier(self) -> nn.Module:
+        """The final layer of the tail: penultimate features -> logits."""
+        return self.tail[-1]
+
     def stem_shape(self, split: int) -> tuple[int, int, int]:
         device = next(self.parameters()).device
         was_training = self.training

@@ -108,12 +108,19 @@ def training_key(cell: Cell) -> dict:
 
 
 @functools.lru_cache(maxsize=1)
+@functools.lru_cache(maxsize=None)
 def git_commit() -> str:
+    """The commit of the code this process runs: read once, when the first runner starts (a
+    commit made while a long run goes on does not relabel its later rows); '+dirty' when the
+    package's tracked files differ from it."""
+    here = Path(__file__).parent
     try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).parent, capture_output=True, text=True, timeout=5)
-        return out.stdout.strip() or "unknown"
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", str(here.parent)], cwd=here,
+                               capture_output=True, text=True, timeout=5).stdout.strip()  # fmt: skip
     except (OSError, subprocess.SubprocessError):
         return "unknown"
+    return (head + ("+dirty" if dirty else "")) if head else "unknown"
 
 
 class Runner:
@@ -127,6 +134,7 @@ class Runner:
         progress: NullProgress | None = None,
         warn: Callable[[str], None] = print,
     ):
+        git_commit()  # pinned now: the code this run executes
         self.results = results
         self.cache = cache
         self.layers = layers or Layers()

@@ -1,0 +1,240 @@
+"""BTI-DBF(U), backdoor trigger inversion by decoupling benign features (Xu et al., ICLR 2024).
+
+The classifier is cut at its penultimate layer, f = h(g(x)). A UNet generator G is first trained
+to be a near-identity map on the clean holdout. Then, for each of 5 rounds, on a copy of the
+current classifier:
+1. decouple benign features: a feature mask m (tanh-parametrised, randomly initialised) trained
+   for 20 epochs with Adam (lr 0.01) on CE(h(m g(x)), y) - CE(h((1 - m) g(x)), y);
+2. invert the trigger: G trained for 30 epochs to move the non-benign features
+   ((1 - m) g(G(x)) away from (1 - m) g(x)) while keeping the benign ones (weight 0.01); when the
+   image MSE exceeds 0.3 or the benign-feature MSE exceeds 3 only the image MSE is minimised; from
+   round 2 on, CE(f(G(x)), detected target) is added;
+3. after round 1 the target label is the most frequent prediction on G(x + 0.03 N(0, 1)) over the
+   clean holdout;
+4. unlearn: 30 epochs of Adam (lr 1e-4) on the classifier, 10% + 1 of each batch replaced by G(x),
+   loss CE(f(mix), y) + MSE(g(x), g(mix)).
+The generator's warm-up (50 epochs) does not depend on the round and is cached.
+
+Official code: xuxiong0214/BTIDBF (pretrain.py, btidbfu.py, evaluate.get_target_label); our UNet
+is written from the description there (4 levels, 32 base filters) and is not a copy.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..config import check
+from ..seeding import derive, generator
+from .base import DEFENSES, Defense, Need
+
+
+@dataclass
+class BtiDbfParams:
+    rounds: int = 5  # nround
+    pretrain_epochs: int = 50  # preround: the generator's near-identity warm-up
+    mask_epochs: int = 20  # mround
+    generator_epochs: int = 30  # uround
+    unlearning_epochs: int = 30  # ul_round
+    generator_lr: float = 1e-3
+    mask_lr: float = 0.01
+    unlearning_lr: float = 1e-4
+    norm_bound: float = 0.3  # image MSE above which the generator only shrinks it
+    feature_bound: float = 3.0  # benign-feature MSE above which likewise
+    benign_weight: float = 0.01
+    generated_share: float = 0.1  # of each unlearning batch (plus one image) replaced by G(x)
+    detection_noise: float = 0.03
+    batch_size: int = 128
+    generator_width: int = 32  # the UNet's base filters (official 32)
+
+    def __post_init__(self):
+        for name in ("rounds", "pretrain_epochs", "mask_epochs", "generator_epochs", "unlearning_epochs"):
+            check(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
+        check(self.norm_bound > 0 and self.feature_bound > 0, "norm_bound and feature_bound must be > 0")
+        check(0 <= self.generated_share < 1, f"generated_share={self.generated_share} must be in [0, 1)")
+        check(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2")
+
+
+def double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UNet(nn.Module):
+    """Image-to-image UNet: `levels` poolings, `base` filters doubling per level; raw output."""
+
+    def __init__(self, base: int = 32, levels: int = 4):
+        super().__init__()
+        widths = [base * 2**i for i in range(levels)]
+        self.down = nn.ModuleList(double_conv(cin, cout) for cin, cout in zip([3, *widths[:-1]], widths))
+        self.bottom = double_conv(widths[-1], 2 * widths[-1])
+        self.up = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2) for w in reversed(widths))
+        self.merge = nn.ModuleList(double_conv(2 * w, w) for w in reversed(widths))
+        self.out = nn.Conv2d(widths[0], 3, 1)
+
+    def forward(self, x):
+        skips = []
+        for block in self.down:
+            x = block(x)
+            skips.append(x)
+            x = F.max_pool2d(x, 2)
+        x = self.bottom(x)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
+            x = merge(torch.cat([up(x), skip], 1))
+        return self.out(x)
+
+
+@DEFENSES.register("bti_dbf", aliases=("btidbf", "bti"))
+class BtiDbf(Defense):
+    """BTI-DBF(U): invert the trigger with a generator that shifts non-benign features, unlearn it (modern)."""
+
+    Params = BtiDbfParams
+    needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
+    group = "modern"
+    source = "Xu et al., ICLR 2024"
+
+    def run(self, ctx):
+        p, trainer = self.params, ctx.trainer
+        holdout = ctx.need(Need.HOLDOUT)
+        classifier = trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)))
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(derive(ctx.seed, "init:bti_generator"))
+            gen_net = trainer.prepare(UNet(base=p.generator_width))
+        warm = {
+            "pretrain_epochs": p.pretrain_epochs,
+            "generator_lr": p.generator_lr,
+            "batch_size": p.batch_size,
+            "n_holdout": len(holdout),
+            "width": p.generator_width,
+        }
+        ctx.cached_model("generator_warmup", warm, gen_net, lambda g: self.warm_up(ctx, classifier, g, holdout))
+        gen_optimizer = torch.optim.Adam(gen_net.parameters(), lr=p.generator_lr)
+        cls_optimizer = torch.optim.Adam(classifier.parameters(), lr=p.unlearning_lr)
+        target = None
+        for round_ in range(p.rounds):
+            self.invert(ctx, classifier, gen_net, gen_optimizer, holdout, round_, target)
+            if round_ == 0:
+                target = self.detect_target(ctx, classifier, gen_net, holdout)
+            self.unlearn(ctx, classifier, gen_net, cls_optimizer, holdout, round_)
+        ctx.metrics["bti_target"] = target
+        if ctx.attack_target is not None:
+            ctx.metrics["bti_found_target"] = target == ctx.attack_target
+        with torch.no_grad():
+            x = next(trainer.inputs(holdout.images[: p.batch_size]))[1]
+            ctx.metrics["bti_image_mse"] = round(float(F.mse_loss(gen_net.eval()(x), x)), 5)
+        return classifier
+
+    def epochs(self, ctx, planned: int) -> int:
+        return ctx.trainer.budget.epochs(planned)
+
+    def warm_up(self, ctx, classifier, gen_net, holdout) -> None:
+        """G towards identity: outputs (as the official code: CE between the softmax outputs),
+        features and image alike; the image term weighs 100 while its MSE is above 0.1."""
+        p, trainer = self.params, ctx.trainer
+        frozen = copy.deepcopy(classifier).eval().requires_grad_(False)
+        optimizer = torch.optim.Adam(gen_net.parameters(), lr=p.generator_lr)
+        epochs = self.epochs(ctx, p.pretrain_epochs)
+        trainer.progress.start_run("BTI-DBF generator warm-up", epochs)
+        for epoch in range(epochs):
+            gen_net.train()
+            for x, _ in trainer.batches(holdout, p.batch_size, f"bti:warm:{epoch}", augment=True):
+                out = gen_net(x)
+                feat, out_feat = frozen.penultimate(x), frozen.penultimate(out)
+                pred = F.cross_entropy(F.softmax(frozen.classifier(feat), 1), F.softmax(frozen.classifier(out_feat), 1))
+                norm = F.mse_loss(out, x)
+                loss = pred + F.mse_loss(out_feat, feat) + (100 if float(norm.detach()) > 0.1 else 0.01) * norm
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            trainer.progress.advance(1, f"epoch {epoch + 1}/{epochs}")
+        trainer.progress.end_run()
+
+    def invert(self, ctx, classifier, gen_net, optimizer, holdout, round_: int, target: int | None) -> None:
+        """Steps 1-2 on a copy of the current classifier: the benign feature mask, then G."""
+        p, trainer = self.params, ctx.trainer
+        inverse = copy.deepcopy(classifier).requires_grad_(False)
+        shape = inverse.eval().penultimate(next(trainer.inputs(holdout.images[:1]))[1]).shape
+        raw = torch.randn(shape, generator=generator(ctx.seed, f"bti:mask:{round_}")).to(trainer.device).requires_grad_()
+        mask_optimizer = torch.optim.Adam([raw], lr=p.mask_lr)
+        epochs = self.epochs(ctx, p.mask_epochs)
+        trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: benign features", epochs)
+        for epoch in range(epochs):
+            inverse.train()  # as the official code: batch statistics while the mask learns
+            for x, y in trainer.batches(holdout, p.batch_size, f"bti:mask:{round_}:{epoch}", augment=True):
+                mask = torch.tanh(raw) / 2 + 0.5
+                feat = inverse.penultimate(x)
+                loss = F.cross_entropy(inverse.classifier(mask * feat), y) - F.cross_entropy(inverse.classifier((1 - mask) * feat), y)
+                mask_optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                mask_optimizer.step()
+            trainer.progress.advance(1, f"epoch {epoch + 1}/{epochs}")
+        trainer.progress.end_run()
+        mask = (torch.tanh(raw) / 2 + 0.5).detach()
+        inverse.eval()
+        epochs = self.epochs(ctx, p.generator_epochs)
+        trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: trigger generator", epochs)
+        for epoch in range(epochs):
+            gen_net.train()
+            for x, y in trainer.batches(holdout, p.batch_size, f"bti:gen:{round_}:{epoch}", augment=True):
+                out = gen_net(x)
+                feat, out_feat = inverse.penultimate(x), inverse.penultimate(out)
+                benign = F.mse_loss(mask * feat, mask * out_feat)
+                shifted = F.mse_loss((1 - mask) * feat, (1 - mask) * out_feat)
+                norm = F.mse_loss(x, out)
+                if float(norm.detach()) > p.norm_bound or float(benign.detach()) > p.feature_bound:
+                    loss = norm
+                else:
+                    loss = -shifted + p.benign_weight * benign
+                if round_ > 0:
+                    loss = loss + F.cross_entropy(inverse.classifier(out_feat), torch.full_like(y, target))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            trainer.progress.advance(1, f"epoch {epoch + 1}/{epochs}")
+        trainer.progress.end_run()
+
+    @torch.no_grad()
+    def detect_target(self, ctx, classifier, gen_net, holdout) -> int:
+        """The most frequent prediction on G(x + 0.03 noise) over the clean holdout."""
+        trainer, gen = ctx.trainer, generator(ctx.seed, "bti:detect", ctx.trainer.device)
+        classifier.eval()
+        gen_net.eval()
+        counts = torch.zeros(ctx.num_classes, dtype=torch.long)
+        for _, x in trainer.inputs(holdout.images, self.params.batch_size):
+            noisy = x + self.params.detection_noise * torch.randn(x.shape, generator=gen, device=x.device)
+            counts += torch.bincount(classifier(gen_net(noisy)).argmax(1).cpu(), minlength=ctx.num_classes)
+        return int(counts.argmax())
+
+    def unlearn(self, ctx, classifier, gen_net, optimizer, holdout, round_: int) -> None:
+        """Train the classifier with 10% + 1 of each batch replaced by G(x), true labels kept,
+        and their features pulled to the clean images' features."""
+        p, trainer = self.params, ctx.trainer
+        gen_net.eval()
+        gen = generator(ctx.seed, f"bti:unlearn:{round_}", trainer.device)
+        epochs = self.epochs(ctx, p.unlearning_epochs)
+        trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: unlearning", epochs)
+        for epoch in range(epochs):
+            classifier.train()
+            for x, y in trainer.batches(holdout, p.batch_size, f"bti:unlearn:{round_}:{epoch}", augment=True):
+                count = min(len(x), int(p.generated_share * len(x) + 1))
+                chosen = torch.randperm(len(x), generator=gen, device=x.device)[:count]
+                mixed = x.clone()
+                with torch.no_grad():
+                    mixed[chosen] = gen_net(x[chosen])
+                feat, mixed_feat = classifier.penultimate(x), classifier.penultimate(mixed)
+                loss = F.cross_entropy(classifier.classifier(mixed_feat), y) + F.mse_loss(mixed_feat, feat)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+            trainer.progress.advance(1, f"epoch {epoch + 1}/{epochs}")
+        trainer.progress.end_run()
