@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
+from benchbd.attacks import ATTACKS
 from benchbd.cli import main
 from benchbd.defenses import DEFENSES, DefenseContext, defense_groups
 from benchbd.defenses.clp import conv_bn_pairs
@@ -70,15 +71,16 @@ def test_clp_prunes_the_channel_with_a_planted_high_lipschitz_bound():
     assert ctx0.metrics["pruned_channels"] > 5 * ctx.metrics["pruned_channels"]
 
 
-def test_defense_groups_and_the_cli_path(tmp_path):
+def test_defense_groups_and_every_modern_defense_against_every_attack_through_the_cli(tmp_path):
     groups = defense_groups()
     modern = ["ac", "bti_dbf", "clp", "fst", "ftsam", "nc", "rnp", "sau", "spectral"]
     assert groups["modern"] == modern and not set(groups["modern"]) & set(groups["all"])
     assert {"tnr", "ft", "fp", "dp"} <= set(groups["all"])
-    res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "badnet_grid,wanet", "--defenses", "modern", "--results", str(tmp_path)])
+    res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "all,modern", "--defenses", "modern", "--results", str(tmp_path)])
     assert res.exit_code == 0, res.output
     rows = Results(tmp_path).rows()
-    assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in ("badnet_grid", "wanet") for d in modern}
+    attacks = [n for n in ATTACKS.names() if ATTACKS.get(n).in_all or ATTACKS.get(n).group == "modern"]
+    assert len(attacks) == 15 and {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in attacks for d in modern}
     assert all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
     assert all("pruned_channels" in r["metrics"] for r in rows if r["defense"] in ("clp", "rnp"))
     assert all(r["metrics"]["n_clean"] == int(0.4 * r["n_holdout"]) for r in rows if r["defense"] == "fst")
