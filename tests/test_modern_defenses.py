@@ -435,7 +435,9 @@ def cleanse(name, n_poison, monkeypatch, **params):
     torch.manual_seed(0)
     backdoored = trainer.fit(toy_net(), data, recipe)
     sizes, removed = [], {}
-    real_fit, real_score = trainer.fit, __import__("benchbd.defenses.common", fromlist=["x"]).score_removal
+    from benchbd.defenses import common
+
+    real_fit, real_score = trainer.fit, common.score_removal
 
     def fit_spy(model, split, recipe, **kwargs):
         sizes.append(len(split))
@@ -446,7 +448,7 @@ def cleanse(name, n_poison, monkeypatch, **params):
         real_score(ctx, data, mask)
 
     monkeypatch.setattr(trainer, "fit", fit_spy)
-    monkeypatch.setattr(f"benchbd.defenses.{'spectral' if name == 'spectral' else 'activation_clustering'}.score_removal", score_spy)
+    monkeypatch.setattr(common, "score_removal", score_spy)
     ctx = DefenseContext(trainer, toy_net, 10, 0, poisoned_train=data, backdoored_model=backdoored, normal_recipe=recipe)
     out = DEFENSES.get(name)(DEFENSES.get(name).Params(**params), name).run(ctx)
     assert out is not backdoored

@@ -26,8 +26,8 @@ import torch
 
 from ..config import as_dict, check
 from ..seeding import generator
-from .base import DEFENSES, Defense, Need
-from .common import classifier_head, layer_features, retrain_from_scratch, score_removal
+from .base import DEFENSES
+from .common import DataCleansing, classifier_head, layer_features, retrain_from_scratch
 
 
 @dataclass
@@ -90,22 +90,14 @@ def reclassification(predicted: torch.Tensor, label: int, num_classes: int) -> t
 
 
 @DEFENSES.register("ac", aliases=("activation_clustering",))
-class ActivationClustering(Defense):
+class ActivationClustering(DataCleansing):
     """AC: 2-means on each label's last hidden activations; remove the poison cluster; retrain (modern)."""
 
     Params = AcParams
-    needs = frozenset({Need.POISONED_TRAIN, Need.BACKDOORED_MODEL})
-    group = "modern"
     source = "Chen et al., AAAI-SafeAI 2019"
 
-    @classmethod
-    def scenario(cls) -> str:
-        return "after training: removes suspected poison from the training set, retrains from scratch"
-
-    def run(self, ctx):
+    def detect(self, ctx, data, model):
         p = self.params
-        data = ctx.need(Need.POISONED_TRAIN)
-        model = ctx.need(Need.BACKDOORED_MODEL)
         features = layer_features(ctx.trainer, model, data.images, classifier_head(model), take="input")
         gen = generator(ctx.seed, "ac:kmeans")
         removed = torch.zeros(len(data), dtype=torch.bool)
@@ -121,8 +113,7 @@ class ActivationClustering(Defense):
         ctx.metrics["ac_decided_by_size"] = int(data.labels.unique().numel()) - len(undecided)
         if p.analysis == "exclusionary" and undecided:
             self.reclassify(ctx, data, removed, undecided)
-        score_removal(ctx, data, removed)
-        return retrain_from_scratch(ctx, data, ~removed, "retrained", as_dict(p))
+        return removed
 
     def reclassify(self, ctx, data, removed: torch.Tensor, undecided: list) -> None:
         """Exclusionary reclassification of the undecided labels: marks the poison clusters in `removed`."""

@@ -1,16 +1,18 @@
 """Pieces several defenses share: the classifier head, a layer's features over a split, retraining
-from scratch on the samples a detector kept, and the detection scores of what it removed."""
+from scratch on the samples a detector kept, the detection scores of what it removed, and the
+shape of a data-cleansing defense (SS, AC)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
 
+from ..config import as_dict
 from ..data.splits import PoisonedSplit
 from ..errors import BenchbdError
 from ..seeding import derive
 from ..train import Trainer, TrainRecipe
-from .base import DefenseContext
+from .base import Defense, DefenseContext, Need
 
 
 def classifier_head(net: nn.Module) -> nn.Linear:
@@ -57,3 +59,25 @@ def score_removal(ctx: DefenseContext, data: PoisonedSplit, removed: torch.Tenso
     ctx.metrics["removed"] = int(removed.sum())
     ctx.metrics["detection_precision"] = hits / int(removed.sum()) if removed.any() else float("nan")
     ctx.metrics["detection_recall"] = hits / int(poison.sum()) if poison.any() else float("nan")
+
+
+class DataCleansing(Defense):
+    """Detect suspected poison in the training set with the backdoored model, remove it, and train
+    a fresh model on the rest with the cell's normal recipe. Subclasses say what to remove."""
+
+    needs = frozenset({Need.POISONED_TRAIN, Need.BACKDOORED_MODEL})
+    group = "modern"
+
+    @classmethod
+    def scenario(cls) -> str:
+        return "after training: removes suspected poison from the training set, retrains from scratch"
+
+    def detect(self, ctx: DefenseContext, data: PoisonedSplit, model: nn.Module) -> torch.Tensor:
+        """A bool mask over `data`: the samples to remove."""
+        raise NotImplementedError
+
+    def run(self, ctx):
+        data = ctx.need(Need.POISONED_TRAIN)
+        removed = self.detect(ctx, data, ctx.need(Need.BACKDOORED_MODEL))
+        score_removal(ctx, data, removed)
+        return retrain_from_scratch(ctx, data, ~removed, "retrained", as_dict(self.params))

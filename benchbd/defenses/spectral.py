@@ -18,9 +18,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..config import as_dict, check
-from .base import DEFENSES, Defense, Need
-from .common import layer_features, retrain_from_scratch, score_removal
+from ..config import check
+from .base import DEFENSES
+from .common import DataCleansing, layer_features
 
 
 @dataclass
@@ -45,24 +45,15 @@ def spectral_scores(features: torch.Tensor) -> torch.Tensor:
 
 
 @DEFENSES.register("spectral", aliases=("ss", "spectral_signatures"))
-class SpectralSignatures(Defense):
+class SpectralSignatures(DataCleansing):
     """SS: remove the top singular-vector outliers of each label's features, retrain from scratch (modern)."""
 
     Params = SpectralParams
-    needs = frozenset({Need.POISONED_TRAIN, Need.BACKDOORED_MODEL})
-    group = "modern"
     source = "Tran et al., NeurIPS 2018"
 
-    @classmethod
-    def scenario(cls) -> str:
-        return "after training: removes suspected poison from the training set, retrains from scratch"
-
-    def run(self, ctx):
+    def detect(self, ctx, data, model):
         p = self.params
-        data = ctx.need(Need.POISONED_TRAIN)
-        model = ctx.need(Need.BACKDOORED_MODEL)
-        last_block = model.units[-1]
-        features = layer_features(ctx.trainer, model, data.images, last_block)
+        features = layer_features(ctx.trainer, model, data.images, model.units[-1])
         per_label = round(p.removal_factor * p.poison_budget * len(data))
         removed = torch.zeros(len(data), dtype=torch.bool)
         for label in data.labels.unique().tolist():
@@ -72,5 +63,4 @@ class SpectralSignatures(Defense):
                 continue
             scores = spectral_scores(features[members])
             removed[members[scores.topk(count).indices]] = True
-        score_removal(ctx, data, removed)
-        return retrain_from_scratch(ctx, data, ~removed, "retrained", as_dict(p))
+        return removed
