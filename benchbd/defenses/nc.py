@@ -138,14 +138,14 @@ class NeuralCleanse(Defense):
             ctx.metrics["nc_found_target"] = ctx.attack_target in flagged
         if not flagged:
             return model
-        masks = torch.stack([triggers[t][0] for t in flagged])
-        patterns = torch.stack([triggers[t][1] for t in flagged])
+        masks = torch.stack([triggers[t][0] for t in flagged]).to(ctx.trainer.device)
+        patterns = torch.stack([triggers[t][1] for t in flagged]).to(ctx.trainer.device)
         share = self.params.unlearning_share
 
         def unlearning_loss(net, x, y, gen):
             chosen = torch.rand(len(x), generator=gen, device=x.device) < share
             which = torch.randint(len(flagged), (len(x),), generator=gen, device=x.device)
-            stamped = stamp(x, masks[which].to(x.device), patterns[which].to(x.device))
+            stamped = stamp(x, masks[which], patterns[which])
             return F.cross_entropy(net(torch.where(chosen[:, None, None, None], stamped, x)), y)
 
         return ctx.trainer.fit(model, holdout, self.params.recipe, loss=unlearning_loss, desc="NC unlearning")
