@@ -73,6 +73,16 @@ def main(debug):
     """benchbd: benchmark backdoor defenses on image classifiers."""
 
 
+def needs_text(needs) -> str:
+    """A defense's needs for `list defenses`; 'no data' where it needs no training or clean data (CLP)."""
+    from .defenses import Need
+
+    text = ", ".join(sorted(n.value for n in needs))
+    if not needs & {Need.HOLDOUT, Need.POISONED_TRAIN}:
+        text = f"{text} (no data)" if text else "no data"
+    return text
+
+
 @main.command("list")
 @click.argument("kind", default="attacks")
 @plugin_option
@@ -96,7 +106,7 @@ def list_cmd(kind: str, plugins):
         row = [entry.name, ", ".join(entry.aliases), entry.description]
         if kind == "defenses":
             group = "" if entry.obj.group == "paper" else f" (group '{entry.obj.group}', not in 'all')"
-            row += [", ".join(sorted(n.value for n in entry.obj.needs)) or "no data", entry.obj.scenario() + group, entry.obj.source]
+            row += [needs_text(entry.obj.needs), entry.obj.scenario() + group, entry.obj.source]
         if kind == "attacks":
             group = "" if entry.obj.group == "paper" else f", group '{entry.obj.group}'"
             row += [entry.obj.label_kind() + ("" if entry.obj.in_all else ", not in 'all'") + group, entry.obj.source]

@@ -100,7 +100,7 @@ def test_defense_groups_and_every_modern_defense_against_every_attack_through_th
     )
     assert res.exit_code == 0 and "pruned_channels" in res.output and "nc_anomaly_index" in res.output and "detection_recall" in res.output
     res = CliRunner().invoke(main, ["list", "defenses"], env={"COLUMNS": "250"})
-    assert "clp" in res.output and "Zheng" in res.output and "group 'modern'" in res.output
+    assert "clp" in res.output and "Zheng" in res.output and "group 'modern'" in res.output and "(no data)" in res.output
 
 
 def fst_setting():
