@@ -27,7 +27,7 @@ import torch
 from ..config import as_dict, check
 from ..seeding import generator
 from .base import DEFENSES
-from .common import DataCleansing, classifier_head, layer_features, retrain_from_scratch
+from .common import DataCleansing, features, retrain_from_scratch
 
 
 @dataclass
@@ -98,13 +98,14 @@ class ActivationClustering(DataCleansing):
 
     def detect(self, ctx, data, model):
         p = self.params
-        features = layer_features(ctx.trainer, model, data.images, classifier_head(model), take="input")
+        model = ctx.trainer.prepare(model).eval()
+        activations = features(ctx.trainer, data.images, model.penultimate)
         gen = generator(ctx.seed, "ac:kmeans")
         removed = torch.zeros(len(data), dtype=torch.bool)
         undecided: list[tuple[int, list[torch.Tensor]]] = []  # (label, its two clusters as indices into data)
         for label in data.labels.unique().tolist():
             members = torch.nonzero(data.labels == label).flatten()
-            assign = two_means(reduce(features[members], p.dims), p.restarts, gen)
+            assign = two_means(reduce(activations[members], p.dims), p.restarts, gen)
             clusters = sorted((members[assign == k] for k in range(2)), key=len)  # smaller first
             if p.analysis == "smaller" or len(clusters[0]) < p.size_threshold * len(members):
                 removed[clusters[0]] = True

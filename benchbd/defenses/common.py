@@ -1,44 +1,31 @@
-"""Pieces several defenses share: the classifier head, a layer's features over a split, retraining
+"""Pieces several defenses share: a model part's features over a split, retraining
 from scratch on the samples a detector kept, the detection scores of what it removed, and the
 shape of a data-cleansing defense (SS, AC)."""
 
 from __future__ import annotations
+
+import abc
+from typing import Callable
 
 import torch
 from torch import nn
 
 from ..config import as_dict
 from ..data.splits import PoisonedSplit
-from ..errors import BenchbdError
 from ..seeding import derive
 from ..train import Trainer, TrainRecipe
 from .base import Defense, DefenseContext, Need
 
 
-def classifier_head(net: nn.Module) -> nn.Linear:
-    """The last linear layer: the classifier whose input is the network's last hidden layer."""
-    heads = [m for m in net.modules() if isinstance(m, nn.Linear)]
-    if not heads:
-        raise BenchbdError(f"this defense needs a model with a linear classifier head; {type(net).__name__} has none")
-    return heads[-1]
-
-
 @torch.no_grad()
-def layer_features(trainer: Trainer, model: nn.Module, images: torch.Tensor, layer: nn.Module, take: str = "output") -> torch.Tensor:
-    """[N, D] float32 CPU features of `images` at `layer`'s input or output: eval mode, no
+def features(trainer: Trainer, images: torch.Tensor, extract: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+    """[N, D] float32 CPU features `extract(x)` of `images` (a model's part, in eval mode), without
     augmentation (BackdoorBench's SS and AC extract through the training augmentation; we do not)."""
-    captured: list[torch.Tensor] = []
-
-    def hook(module, args, out):
-        captured.append((args[0] if take == "input" else out).detach().float().flatten(1).cpu())
-
-    handle = layer.register_forward_hook(hook)
-    try:
-        for _ in trainer.logits(model, images):
-            pass
-    finally:
-        handle.remove()
-    return torch.cat(captured) if captured else torch.empty(0)
+    out = []
+    for _, x in trainer.inputs(images):
+        with trainer.autocast():
+            out.append(extract(x).float().flatten(1).cpu())
+    return torch.cat(out) if out else torch.empty(0)
 
 
 def retrain_from_scratch(ctx: DefenseContext, data: PoisonedSplit, kept: torch.Tensor, purpose: str, identity: dict) -> nn.Module:
@@ -72,9 +59,9 @@ class DataCleansing(Defense):
     def scenario(cls) -> str:
         return "after training: removes suspected poison from the training set, retrains from scratch"
 
+    @abc.abstractmethod
     def detect(self, ctx: DefenseContext, data: PoisonedSplit, model: nn.Module) -> torch.Tensor:
         """A bool mask over `data`: the samples to remove."""
-        raise NotImplementedError
 
     def run(self, ctx):
         data = ctx.need(Need.POISONED_TRAIN)

@@ -19,7 +19,6 @@ import torch.nn.functional as F
 from ..config import check
 from ..train import TrainRecipe
 from .base import DEFENSES, Defense, Need
-from .common import classifier_head
 
 
 def fst_recipe() -> TrainRecipe:
@@ -50,7 +49,7 @@ class FeatureShiftTuning(Defense):
     def run(self, ctx):
         net = copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))
         clean = ctx.clean_share(self.params.holdout_share)
-        head = classifier_head(net)
+        head = net.classifier
         old = head.weight.detach().clone()
         norm = old.norm()
         bound = 1 / math.sqrt(head.in_features)

@@ -20,7 +20,7 @@ import torch
 
 from ..config import check
 from .base import DEFENSES
-from .common import DataCleansing, layer_features
+from .common import DataCleansing, features
 
 
 @dataclass
@@ -53,7 +53,8 @@ class SpectralSignatures(DataCleansing):
 
     def detect(self, ctx, data, model):
         p = self.params
-        features = layer_features(ctx.trainer, model, data.images, model.units[-1])
+        model = ctx.trainer.prepare(model).eval()
+        representation = features(ctx.trainer, data.images, model.stem(model.num_blocks))  # the last residual block's output
         per_label = round(p.removal_factor * p.poison_budget * len(data))
         removed = torch.zeros(len(data), dtype=torch.bool)
         for label in data.labels.unique().tolist():
@@ -61,6 +62,6 @@ class SpectralSignatures(DataCleansing):
             count = min(per_label, int(p.max_label_share * len(members)))
             if count == 0:
                 continue
-            scores = spectral_scores(features[members])
+            scores = spectral_scores(representation[members])
             removed[members[scores.topk(count).indices]] = True
         return removed
