@@ -304,6 +304,45 @@ def _print_plan(cells, results, columns: dict[str, str]) -> None:
     click.echo(f"{todo} of {len(cells)} cell(s) to run")
 
 
+@main.command()
+@click.argument("row_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP)
+@click.option("--device", default="auto", show_default=True, help=DEVICE_HELP)
+@click.option(
+    "--scratch",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Results and cache of the rerun [default: a temporary folder, removed].",
+)
+@plugin_option
+@click.option("--quiet", is_flag=True, help="No progress display.")
+def reproduce(row_file, data_root, device, scratch, plugins, quiet):
+    """Rerun the one cell a result row records and print its numbers beside the row's."""
+    import tempfile
+
+    _load_plugins(plugins)
+    from .progress import LineProgress, NullProgress, RichProgress
+    from .runner.reproduce import read_published_row, reproduce
+
+    row = read_published_row(Path(row_file))
+    with tempfile.TemporaryDirectory(prefix="benchbd-reproduce-") as temporary:
+        where = Path(scratch or temporary)
+        runner = _runner(str(where / "results"), str(where / "cache"), data_root, device, None, ())
+        runner.progress = NullProgress() if quiet else (RichProgress() if sys.stderr.isatty() else LineProgress())
+        with runner.progress:
+            comparison = reproduce(runner, row, warn=lambda text: click.echo(text, err=True))
+    table = Table(title=f"{row['dataset']} / {row['attack']} / {row['defense']} / seed {row['seed']} / {row['budget']}")
+    for column in ("number", "recorded", "rerun", ""):
+        table.add_column(column, justify="right" if column in ("recorded", "rerun") else "left")
+    for name, value in comparison.recorded.items():
+        new = comparison.new.get(name, float("nan"))
+        table.add_row(name, f"{value:.4f}", f"{new:.4f}", "differs" if comparison.differs(name) else "")
+    Console(width=100).print(table)
+    click.echo(comparison.verdict)
+    if comparison.verdict.startswith("NOT"):
+        sys.exit(1)
+
+
 @main.command("experiments")
 def experiments_cmd():
     """List the named experiments: what each reproduces and its grid."""

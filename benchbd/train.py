@@ -55,23 +55,44 @@ class TrainRecipe:
         check(list(self.milestones) == sorted(self.milestones), f"milestones={list(self.milestones)} must increase")
 
 
+# Bump when a budget's rule changes (2: `long_run_epochs` shortens passes over the training split
+# only, no longer the defenses' short runs on the holdout): part of every cell's and cached model's key.
+BUDGET_RULES_VERSION = 2
+
+
 @dataclass(frozen=True)
 class Budget:
     """How long training runs are: every setting of a recipe is kept but its epoch count."""
 
     description: str
-    long_run_epochs: Optional[int] = None  # runs planned at >= 100 epochs run this many instead
+    # Runs over the training split (at least `whole_split_share` of the training set: normal
+    # training, T&R's stage 1, ABL's isolation and retraining, DP-SGD, retraining after data
+    # cleansing, surrogates) take min(planned, long_run_epochs); runs over the holdout or another
+    # small subset keep their recipe.
+    long_run_epochs: Optional[int] = None
     max_epochs: Optional[int] = None  # every run is capped at this
     max_steps_per_epoch: Optional[int] = None
+    whole_split_share: float = 0.5
+
+    def identity(self) -> dict:
+        """What determines the epochs and steps of every run (part of cell and cache keys)."""
+        return {
+            "rules": BUDGET_RULES_VERSION,
+            "long_run_epochs": self.long_run_epochs,
+            "max_epochs": self.max_epochs,
+            "max_steps_per_epoch": self.max_steps_per_epoch,
+            "whole_split_share": self.whole_split_share,
+        }
 
     def iterations(self, planned: int) -> int:
         """For methods counted in iterations rather than epochs (ANP): capped like an epoch's steps."""
         return planned if self.max_steps_per_epoch is None else min(planned, self.max_steps_per_epoch)
 
-    def epochs(self, planned: int) -> int:
+    def epochs(self, planned: int, whole_split: bool = True) -> int:
+        """The epochs a run planned at `planned` takes; `whole_split`: the run passes over the training split."""
         epochs = planned
-        if self.long_run_epochs is not None and planned >= 100:
-            epochs = self.long_run_epochs
+        if self.long_run_epochs is not None and whole_split:
+            epochs = min(planned, self.long_run_epochs)
         if self.max_epochs is not None:
             epochs = min(epochs, self.max_epochs)
         return epochs
@@ -79,7 +100,9 @@ class Budget:
 
 BUDGETS: Registry[Budget] = Registry("budget")
 BUDGETS.register("paper", description="the paper's epochs (SPEC section 5)")(Budget("paper"))
-BUDGETS.register("fast", description="runs of 100+ epochs take 30: one GPU session")(Budget("fast", long_run_epochs=30))
+BUDGETS.register("fast", description="passes over the training split take at most 30 epochs; runs on the holdout keep theirs")(
+    Budget("fast", long_run_epochs=30)
+)
 BUDGETS.register("demo", description="every run capped at 20 epochs: real but quick, for the CPU quick start")(
     Budget("demo", max_epochs=20)
 )
@@ -141,6 +164,11 @@ def resolve_device(name: str = "auto") -> torch.device:
     return torch.device(name)
 
 
+def precision_of(device: torch.device) -> str:
+    """The numeric mode of a device's training and evaluation: bf16 autocast on CUDA, float32 elsewhere."""
+    return "bf16" if torch.device(device).type == "cuda" else "fp32"
+
+
 @contextmanager
 def attached(control, model: nn.Module):
     """An attack's training control attached to `model` for one training run (none: nothing)."""
@@ -157,16 +185,55 @@ def attached(control, model: nn.Module):
 class Trainer:
     """fit / predict / accuracy on uint8 splits, with the dataset's device-side pipeline."""
 
-    def __init__(self, pipeline, budget: Budget, device: torch.device | str = "cpu", seed: int = 0, progress: NullProgress | None = None):
+    def __init__(
+        self,
+        pipeline,
+        budget: Budget,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        progress: NullProgress | None = None,
+        train_size: int | None = None,
+    ):
         self.pipeline = pipeline
         self.budget = budget
         self.device = torch.device(device)
         self.seed = seed
         self.progress = progress or NullProgress()
         self.cuda = self.device.type == "cuda"
+        # The cell's training set (split + holdout): a run over at least `budget.whole_split_share`
+        # of it is a pass over the training split. None: every run counts as one.
+        self.train_size = train_size
+        # What ran, one entry per training run, for the result row (`trainings`)
+        self.trainings: list[dict] = []
+
+    @property
+    def precision(self) -> str:
+        return precision_of(self.device)
 
     def autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else nullcontext()
+
+    def whole_split(self, data: Split | int) -> bool:
+        n = data if isinstance(data, int) else len(data)
+        return self.train_size is None or n >= self.budget.whole_split_share * self.train_size
+
+    def run_epochs(self, name: str, planned: int, data: Split | int) -> int:
+        """The epochs a run of `planned` epochs over `data` takes under the budget; opens the run's
+        entry in `trainings`, whose steps and images `batches` and `fit` count."""
+        epochs = self.budget.epochs(planned, self.whole_split(data))
+        self.trainings.append({"name": name, "planned_epochs": planned, "epochs": epochs, "steps": 0, "images": 0, "cached": False})
+        return epochs
+
+    def run_iterations(self, name: str, planned: int) -> int:
+        """As `run_epochs`, for methods counted in optimiser steps (ANP)."""
+        steps = self.budget.iterations(planned)
+        self.trainings.append({"name": name, "planned_steps": planned, "steps": 0, "images": 0, "cached": False})
+        return steps
+
+    def _count(self, batch: int) -> None:
+        if self.trainings:
+            self.trainings[-1]["steps"] += 1
+            self.trainings[-1]["images"] += batch
 
     def prepare(self, model: nn.Module) -> nn.Module:
         """On the device, channels_last (faster for these convnets on CUDA and on x86 CPUs alike)."""
@@ -195,7 +262,7 @@ class Trainer:
         optimizer = make_optimizer(recipe, params)
         if wrap_optimizer is not None:
             optimizer = wrap_optimizer(optimizer)
-        epochs = self.budget.epochs(recipe.epochs)
+        epochs = self.run_epochs(desc, recipe.epochs, data)
         schedule = make_schedule(recipe, optimizer, epochs)
         images, labels = data.images.to(self.device), data.labels.to(self.device)
         control = getattr(data, "training_control", None)  # an attack that controls training (lba_k, wanet, bpp)
@@ -225,6 +292,7 @@ class Trainer:
                     value.backward()
                     optimizer.step()
                     total += value.detach()
+                    self._count(len(y))
                     self.progress.advance(1)
                 mean_loss = total.item() / steps  # the one host read per epoch
                 if not math.isfinite(mean_loss):
@@ -270,6 +338,7 @@ class Trainer:
         for step in range(steps_per_epoch(len(labels), batch_size, self.budget)):
             index = order[step * batch_size : (step + 1) * batch_size]
             x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
+            self._count(len(index))
             yield x, labels[index]
 
     def accuracy(self, model: nn.Module, data: Split) -> float:

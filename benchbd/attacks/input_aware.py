@@ -140,7 +140,7 @@ class InputAware(PerBatchAttack):
         recipe = tools.recipe
         optimizer = make_optimizer(recipe, classifier.parameters())
         pattern_optimizer = torch.optim.Adam(patterns.parameters(), p.generator_lr, betas=(0.5, 0.9))
-        epochs = trainer.budget.epochs(recipe.epochs)
+        epochs = trainer.run_epochs("input_aware: generator", recipe.epochs, tools.clean_train)
         schedule = make_schedule(recipe, optimizer, epochs)
         # the official G milestones 200, 300, 400, 500 of 600 epochs, kept in their place in the run
         milestones = [max(1, round(epochs * m / 600)) for m in (200, 300, 400, 500)]
@@ -181,7 +181,7 @@ class InputAware(PerBatchAttack):
         trainer, p = tools.trainer, self.params
         masks = TriggerNet(1).to(trainer.device)
         optimizer = torch.optim.Adam(masks.parameters(), p.generator_lr, betas=(0.5, 0.9))
-        epochs = trainer.budget.epochs(p.mask_epochs)
+        epochs = trainer.run_epochs("input_aware: masks", p.mask_epochs, tools.clean_train)
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [max(1, round(epochs * m / 25)) for m in (10, 20)])
         gen = torch.Generator(device=trainer.device).manual_seed(trainer.seed + 1)
         batch = tools.recipe.batch_size

@@ -7,6 +7,7 @@ torchvision with download; `npz:PATH` and `imagefolder:PATH` take any user data.
 from __future__ import annotations
 
 import abc
+import hashlib
 import json
 import os
 import shutil
@@ -55,6 +56,48 @@ class LoadedData:
     test: Split
     classes: list[str]
     warnings: list[str] = field(default_factory=list)  # said once at load, and recorded in every row and table
+    sha256: str = ""  # content hash of the whole train and test sets as read (before any limit)
+    identity: dict = field(default_factory=dict)  # what determines these splits, for cell and cache keys
+
+
+def content_sha256(train: Split, test: Split) -> str:
+    """sha256 of the pixels and labels of both sets, with their shapes: the same content hashes the
+    same wherever it came from (a file, torchvision, an image tree) and on any machine."""
+    digest = hashlib.sha256()
+    for tensor in (train.images, train.labels, test.images, test.labels):
+        digest.update(f"{tuple(tensor.shape)}:{tensor.dtype};".encode())
+        digest.update(tensor.contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def hash_memo_path() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "benchbd" / "data-hashes.json"
+
+
+def remembered_sha256(path: Path | None, compute) -> str:
+    """`compute()`, remembered by the file's resolved path, size and mtime, so a run does not
+    re-hash 180 MB each time; a file whose size or mtime changed is hashed again."""
+    signature = file_signature(path) if path is not None else None
+    if signature is None:
+        return compute()
+    memo_path, name = hash_memo_path(), str(Path(path).resolve())
+    try:
+        memo = json.loads(memo_path.read_text())
+    except (OSError, ValueError):
+        memo = {}
+    entry = memo.get(name)
+    if isinstance(entry, dict) and {k: entry.get(k) for k in signature} == signature and isinstance(entry.get("sha256"), str):
+        return entry["sha256"]
+    digest = compute()
+    memo[name] = {**signature, "sha256": digest}
+    try:
+        memo_path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = memo_path.with_name(f".{memo_path.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(memo, indent=1, sort_keys=True))
+        os.replace(tmp, memo_path)
+    except OSError:
+        pass  # a read-only home: the hash is computed again next time
+    return digest
 
 
 class Dataset(abc.ABC):
@@ -78,17 +121,23 @@ class Dataset(abc.ABC):
     def read(self) -> LoadedData:
         """The whole train and test sets."""
 
-    def identity(self) -> dict:
-        """What determines the loaded data, for cache keys."""
+    def source(self) -> dict:
+        """Where the data comes from and how it is read (loads once per process per source)."""
         return {
             "source": type(self).__name__,
             "path": self.path,
+            "data_root": str(self.data_root),
             "limit_train": self.params.limit_train,
             "limit_test": self.params.limit_test,
         }
 
+    def content_file(self) -> Path | None:
+        """The one file the data is read from, when there is one: its hash is remembered by path, size and mtime."""
+        return None
+
     def load(self) -> LoadedData:
         data = self.read()
+        sha256 = remembered_sha256(self.content_file(), lambda: content_sha256(data.train, data.test))
         lt, ls = self.params.limit_train, self.params.limit_test
         train = data.train.subset(slice(0, lt)) if lt else data.train
         test = data.test.subset(slice(0, ls)) if ls else data.test
@@ -98,7 +147,8 @@ class Dataset(abc.ABC):
                 f"{self.paper_dataset} has {len(data.train):,} training images, not the paper's "
                 f"{self.paper_train_size:,}: numbers are not comparable with the paper's. {self.size_hint}".strip()
             )
-        return LoadedData(train, test, data.classes, warnings)
+        identity = {"sha256": sha256, "limit_train": lt, "limit_test": ls}
+        return LoadedData(train, test, data.classes, warnings, sha256, identity)
 
 
 def file_signature(path: Path) -> dict | None:
@@ -177,10 +227,9 @@ class TorchvisionDataset(Dataset):
 
     npz_name = ""
 
-    def identity(self) -> dict:
-        # Size only: a standard dataset copied to another machine keeps its cells and cache.
-        signature = file_signature(self.data_root / self.npz_name)
-        return {**super().identity(), "npz": self.npz_name, "size": signature and signature["size"]}
+    def content_file(self) -> Path | None:
+        npz = self.data_root / self.npz_name
+        return npz if npz.is_file() else None
 
     def read(self) -> LoadedData:
         npz = self.data_root / self.npz_name
@@ -249,10 +298,6 @@ class Gtsrb(TorchvisionDataset):
     def official_tree(self) -> Path:
         return self.data_root / "GTSRB"
 
-    def identity(self) -> dict:
-        tree = self.official_tree() / "Final_Training" / "Images"
-        return {**super().identity(), **({"official_tree": str(tree)} if tree.is_dir() else {})}
-
     def read(self) -> LoadedData:
         if not (self.data_root / self.npz_name).is_file() and (self.official_tree() / "Final_Training" / "Images").is_dir():
             data = self.read_official(self.official_tree())
@@ -298,8 +343,11 @@ class NpzDataset(Dataset):
 
     takes_path = True
 
-    def identity(self) -> dict:
-        return {**super().identity(), "file": file_signature(Path(self.path or ""))}
+    def source(self) -> dict:
+        return {**super().source(), "file": file_signature(Path(self.path or ""))}
+
+    def content_file(self) -> Path | None:
+        return Path(self.path or "")
 
     def read(self) -> LoadedData:
         path = Path(self.path or "")
@@ -330,14 +378,8 @@ class FolderDataset(Dataset):
     def root(self) -> Path:
         return Path(self.path or "")
 
-    def identity(self) -> dict:
-        return {
-            **super().identity(),
-            "root": str(self.root()),
-            "size": self.params.size,
-            "max_classes": self.params.max_classes,
-            "resize": "bicubic",
-        }
+    def source(self) -> dict:
+        return {**super().source(), "root": str(self.root()), "size": self.params.size, "max_classes": self.params.max_classes}
 
     def read(self) -> LoadedData:
         root = self.root()
@@ -409,9 +451,9 @@ class Synthetic(Dataset):
 
     Params = SyntheticParams
 
-    def identity(self) -> dict:
+    def source(self) -> dict:
         p = self.params
-        return {**super().identity(), "n_train": p.n_train, "n_test": p.n_test, "n_classes": p.n_classes, "data_seed": p.data_seed}
+        return {**super().source(), "n_train": p.n_train, "n_test": p.n_test, "n_classes": p.n_classes, "data_seed": p.data_seed}
 
     def read(self) -> LoadedData:
         p = self.params

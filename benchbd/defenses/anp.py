@@ -82,7 +82,7 @@ class AdversarialNeuronPruning(Defense):
             return functional_call(model, override, (x,))
 
         holdout = ctx.need(Need.HOLDOUT)
-        iterations = trainer.budget.iterations(p.iterations)
+        iterations = trainer.run_iterations("ANP masks", p.iterations)
         batches = itertools.chain.from_iterable(
             trainer.batches(holdout, p.batch_size, f"anp:{epoch}", augment=True) for epoch in itertools.count()
         )

@@ -8,6 +8,7 @@ training on the whole poisoned training set, built once per cell and cached).
 from __future__ import annotations
 
 import abc
+import copy
 import enum
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -55,6 +56,14 @@ class DefenseContext:
     # The attack's target class, set by the runner for scoring only (does NC flag the true target?):
     # no decision of a defense may read it.
     attack_target: int | None = None
+
+    # Models inside the defense the runner evaluates on the test set after it (the defense never
+    # sees test data): metrics `<name>_asr`, `<name>_ca` (T&R's trapped model as "stage1")
+    probes: dict[str, nn.Module] = field(default_factory=dict)
+
+    def probe(self, name: str, model: nn.Module) -> None:
+        """Have `model` as it is now evaluated for the row (a copy: the defense may go on changing it)."""
+        self.probes[name] = copy.deepcopy(model)
 
     def cached_model(self, purpose: str, identity: dict, model: nn.Module, train: Callable[[nn.Module], Any]) -> nn.Module:
         """`train(model)`, or its result from the cache when another cell already trained the same.

@@ -134,16 +134,13 @@ class BtiDbf(Defense):
             ctx.metrics["bti_image_mse"] = round(float(F.mse_loss(gen_net.eval()(x), x)), 5)
         return classifier
 
-    def epochs(self, ctx, planned: int) -> int:
-        return ctx.trainer.budget.epochs(planned)
-
     def warm_up(self, ctx, classifier, gen_net, holdout) -> None:
         """G towards identity: outputs (as the official code: CE between the softmax outputs),
         features and image alike; the image term weighs 100 while its MSE is above 0.1."""
         p, trainer = self.params, ctx.trainer
         frozen = copy.deepcopy(classifier).eval().requires_grad_(False)
         optimizer = torch.optim.Adam(gen_net.parameters(), lr=p.generator_lr)
-        epochs = self.epochs(ctx, p.pretrain_epochs)
+        epochs = trainer.run_epochs("BTI-DBF generator warm-up", p.pretrain_epochs, holdout)
         trainer.progress.start_run("BTI-DBF generator warm-up", epochs)
         for epoch in range(epochs):
             gen_net.train()
@@ -166,7 +163,7 @@ class BtiDbf(Defense):
         shape = inverse.eval().penultimate(next(trainer.inputs(holdout.images[:1]))[1]).shape
         raw = torch.randn(shape, generator=generator(ctx.seed, f"bti:mask:{round_}")).to(trainer.device).requires_grad_()
         mask_optimizer = torch.optim.Adam([raw], lr=p.mask_lr)
-        epochs = self.epochs(ctx, p.mask_epochs)
+        epochs = trainer.run_epochs(f"BTI-DBF round {round_ + 1}: benign features", p.mask_epochs, holdout)
         trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: benign features", epochs)
         for epoch in range(epochs):
             inverse.train()  # as the official code: batch statistics while the mask learns
@@ -181,7 +178,7 @@ class BtiDbf(Defense):
         trainer.progress.end_run()
         mask = (torch.tanh(raw) / 2 + 0.5).detach()
         inverse.eval()
-        epochs = self.epochs(ctx, p.generator_epochs)
+        epochs = trainer.run_epochs(f"BTI-DBF round {round_ + 1}: trigger generator", p.generator_epochs, holdout)
         trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: trigger generator", epochs)
         for epoch in range(epochs):
             gen_net.train()
@@ -221,7 +218,7 @@ class BtiDbf(Defense):
         p, trainer = self.params, ctx.trainer
         gen_net.eval()
         gen = generator(ctx.seed, f"bti:unlearn:{round_}", trainer.device)
-        epochs = self.epochs(ctx, p.unlearning_epochs)
+        epochs = trainer.run_epochs(f"BTI-DBF round {round_ + 1}: unlearning", p.unlearning_epochs, holdout)
         trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: unlearning", epochs)
         for epoch in range(epochs):
             classifier.train()

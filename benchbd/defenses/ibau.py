@@ -82,8 +82,9 @@ class IBAU(Defense):
         holdout = ctx.need(Need.HOLDOUT)
         shape = (1, 3, *holdout.images.shape[1:3])
         gen = torch.Generator(device=trainer.device).manual_seed(ctx.seed)
-        trainer.progress.start_run("I-BAU rounds", p.rounds)
-        for round_ in range(p.rounds):
+        rounds = trainer.run_epochs("I-BAU rounds", p.rounds, holdout)
+        trainer.progress.start_run("I-BAU rounds", rounds)
+        for round_ in range(rounds):
             d = self.universal_perturbation(trainer, model, holdout, shape, f"ibau:{round_}:search")
             for x, y in trainer.batches(holdout, p.batch_size, f"ibau:{round_}:unlearn"):
 

@@ -161,7 +161,7 @@ class NeuralCleanse(Defense):
         optimizer = torch.optim.Adam([mask_raw, pattern_raw], lr=p.lr, betas=(0.5, 0.9))
         schedule = CostSchedule(p)
         best = None
-        epochs = trainer.budget.epochs(p.epochs)
+        epochs = trainer.run_epochs(f"NC label {label}", p.epochs, holdout)
         trainer.progress.start_run(f"NC label {label}", epochs)
         for epoch in range(epochs):
             hits = torch.zeros((), device=dev)

@@ -84,7 +84,7 @@ class ReconstructiveNeuronPruning(Defense):
             milestones=p.unlearning_milestones, epochs=p.unlearning_epochs, batch_size=p.batch_size,
         )  # fmt: skip
         optimizer = torch.optim.SGD(model.parameters(), lr=p.unlearning_lr, momentum=0.9, weight_decay=5e-4)
-        epochs = trainer.budget.epochs(p.unlearning_epochs)
+        epochs = trainer.run_epochs("RNP unlearning", p.unlearning_epochs, clean)
         schedule = make_schedule(recipe, optimizer, epochs)
         accuracy = 1.0
         trainer.progress.start_run("RNP unlearning", epochs)
@@ -116,7 +116,7 @@ class ReconstructiveNeuronPruning(Defense):
         bns = batchnorms(model)
         masks = {n: torch.ones_like(m.weight, requires_grad=True) for n, m in bns.items()}
         optimizer = torch.optim.SGD(masks.values(), lr=p.recovering_lr, momentum=0.9)
-        epochs = trainer.budget.epochs(p.recovering_epochs)
+        epochs = trainer.run_epochs("RNP recovering", p.recovering_epochs, clean)
         trainer.progress.start_run("RNP recovering", epochs)
         for epoch in range(epochs):
             model.train()

@@ -82,7 +82,7 @@ class SharedAdversarialUnlearning(Defense):
         model = trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))).eval()
         holdout = ctx.need(Need.HOLDOUT)
         optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
-        rounds = trainer.budget.epochs(p.rounds)
+        rounds = trainer.run_epochs("SAU", p.rounds, holdout)
         shared = torch.zeros((), device=trainer.device)
         seen = 0
         trainer.progress.start_run("SAU", rounds)

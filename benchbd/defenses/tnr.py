@@ -121,7 +121,10 @@ class TrapAndReplace(Defense):
 
     def run(self, ctx: DefenseContext) -> nn.Module:
         trapped = self.stage1(ctx)
-        return self.stage2(ctx, trapped) if self.params.replace_head else trapped.net
+        if not self.params.replace_head:
+            return trapped.net
+        ctx.probe("stage1", trapped.net)  # the trapped model before its head is replaced: a failed trap or a failed replacement?
+        return self.stage2(ctx, trapped)
 
     def stage1(self, ctx: DefenseContext) -> TrapNet:
         """Train stem, head and decoder end to end on the poisoned training split."""

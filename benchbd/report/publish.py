@@ -23,6 +23,12 @@ def provenance(rows: pd.DataFrame) -> list[str]:
         found = sorted({str(v) for v in ok[column].dropna()}) if column in ok else []
         return ", ".join(found) if found else "–"
 
+    def short(column: str, length: int = 12) -> str:
+        """First characters of each hash; rows that predate the column are counted."""
+        found = sorted({str(v)[:length] for v in ok[column].dropna()}) if column in ok else []
+        missing = int(ok[column].isna().sum()) if column in ok else len(ok)
+        return ", ".join(found + ([f"none in {missing} migrated row(s)"] if missing and found else [])) or "–"
+
     dates = pd.to_datetime(ok["finished_at"]) if "finished_at" in ok and len(ok) else pd.Series(dtype="datetime64[ns, UTC]")
     span = f"{dates.min():%Y-%m-%d} to {dates.max():%Y-%m-%d}" if len(dates) else "–"
     train = ok["n_train"].dropna().astype(int).unique().tolist() if "n_train" in ok else []
@@ -31,8 +37,9 @@ def provenance(rows: pd.DataFrame) -> list[str]:
         f"- {len(ok)} finished cell(s) ({len(rows) - len(ok)} failed); seeds: {values('seed')}",
         f"- budget: {values('budget')}; dataset: {values('dataset')} ({', '.join(map(str, train))} training / "
         f"{', '.join(map(str, holdout))} holdout images); model: {values('model')}",
-        f"- device: {values('device')}; torch {values('torch_version')}; benchbd {values('benchbd_version')}",
-        f"- code: git commit(s) {values('git_commit')}; finished {span}",
+        f"- data_sha256: {short('data_sha256')}; device: {values('device')}; precision: {values('precision')}; "
+        f"torch {values('torch_version')}",
+        f"- code: git commit(s) {short('git_commit', 7)}; code_sha256: {short('code_sha256')}; finished {span}",
     ]
 
 

@@ -7,7 +7,7 @@ import functools
 import html
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from importlib import resources
 
 import pandas as pd
@@ -17,6 +17,25 @@ from ..errors import BenchbdError, unknown
 FORMATS = ("markdown", "latex", "csv", "html")
 METRICS = ("asr", "ca")
 AVERAGE = "Average"
+PLANTED = 50.0  # least ASR of the backdoored model for an attack to count as planted
+NOT_PLANTED_MARK = "†"
+
+
+def backdoored_asr(part: pd.DataFrame) -> dict[str, float]:
+    """Per attack label, the mean ASR of its backdoored models: the `none` cells (same dataset,
+    budget, model), else the `start_asr` repair defenses record of the model they start from."""
+    out = {}
+    for attack, rows in part.groupby("attack", sort=False):
+        none = rows[rows["defense_name"] == "none"]["asr"].dropna()
+        if len(none):
+            out[attack] = float(none.mean())
+            continue
+        if "metrics" not in rows:
+            continue
+        start = pd.to_numeric(rows["metrics"].map(lambda d: d.get("start_asr") if isinstance(d, dict) else None), errors="coerce")
+        if start.notna().any():
+            out[attack] = float(start.mean())
+    return out
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,6 +70,9 @@ class Grid:
     data_warnings: tuple[str, ...] = ()  # what the rows say about their data (a dataset of the wrong size)
     notes: tuple[str, ...] = ()  # how to read the grid (an Average over fewer attacks, no paper numbers)
     averaged_over: tuple[str, ...] = ()  # the attacks the Average row covers (those every column has)
+    # attack -> the backdoored model's ASR where it is below PLANTED: the attack was not planted, so
+    # a low ASR after a defense shows nothing; its cells are marked and left out of the Average
+    not_planted: dict[str, float] = field(default_factory=dict)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -217,9 +239,10 @@ def build_grids(
         std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in metrics}
         seeds = grouped["seed"].nunique().unstack().reindex(index=attacks, columns=defenses)
         averaged = len(attacks) > 1  # an Average row over one attack would only repeat it
-        # Averages over the attacks every column has, so no column's mean silently covers fewer attacks
-        complete = [a for a in attacks if all(mean[m].loc[a].notna().all() for m in METRICS)]
-        left_out = [a for a in attacks if a not in complete]
+        not_planted = {a: v for a, v in backdoored_asr(part).items() if v < PLANTED}
+        # Averages over the planted attacks every column has, so no column's mean silently covers fewer attacks
+        complete = [a for a in attacks if a not in not_planted and all(mean[m].loc[a].notna().all() for m in METRICS)]
+        left_out = [a for a in attacks if a not in complete and a not in not_planted]
         if averaged:
             for m in metrics:
                 mean[m].loc[AVERAGE] = mean[m].loc[complete].mean(axis=0) if complete else float("nan")
@@ -228,6 +251,13 @@ def build_grids(
         warned = part["data_warnings"].dropna() if "data_warnings" in part else pd.Series(dtype=object)
         data_warnings = tuple(dict.fromkeys(w for ws in warned if isinstance(ws, list) for w in ws))
         notes = []
+        if not_planted:
+            notes.append(
+                f"{NOT_PLANTED_MARK} not planted: without a defense the backdoored model's ASR is below {PLANTED:.0f} ("
+                + ", ".join(f"{a} {v:.2f}" for a, v in not_planted.items())
+                + "), so a low ASR after a defense shows nothing; "
+                + ("left out of the Average." if averaged else "read these cells with care.")
+            )
         if averaged and left_out:
             notes.append(
                 f"Average: over the {len(complete)} attack(s) every column has; left out (a cell failed or is missing): "
@@ -248,6 +278,7 @@ def build_grids(
             data_warnings=data_warnings,
             notes=tuple(notes),
             averaged_over=tuple(complete) if averaged else (),
+            not_planted=not_planted,
         )
         if compare == "paper":
             paper_name = paper_names.get((dataset, budget), dataset)
@@ -316,6 +347,10 @@ def _cell(grid: Grid, attack: str, defense: str, metric: str, kind: str) -> tupl
     return ("–" if pd.isna(value) else (f"{value:+{spec}}" if kind == "diff" else f"{value:{spec}}")), value
 
 
+def _row_label(grid: Grid, attack: str) -> str:
+    return f"{attack} {NOT_PLANTED_MARK}" if attack in grid.not_planted else attack
+
+
 def _title(grid: Grid) -> str:
     title = f"{grid.dataset} (budget {grid.budget}): ASR / CA in %"
     return f"{grid.caption}. {title}" if grid.caption else title
@@ -335,7 +370,7 @@ def to_markdown(grid: Grid) -> str:
         for d, m, k in cols:
             text, _ = _cell(grid, attack, d, m, k)
             cells.append(f"**{text}**" if k == "ours" and d in best.get(m, ()) and text != "–" else text)
-        lines.append(f"| {attack} | " + " | ".join(cells) + " |")
+        lines.append(f"| {_row_label(grid, attack)} | " + " | ".join(cells) + " |")
     if grid.failures:
         lines += ["", "Failed cells (the next `benchbd run` retries them):", *(f"- {line}" for line in grid.failures)]
     lines += [f"\n{note}" for note in grid.notes] + [f"\n**Warning**: {warning}" for warning in grid.data_warnings]
@@ -381,12 +416,13 @@ def to_latex(grid: Grid) -> str:
             text, _ = _cell(grid, attack, d, m, k)
             text = text.replace("±", r"$\pm$").replace("–", "--")
             cells.append(rf"\textbf{{{text}}}" if k == "ours" and d in best.get(m, ()) and text != "--" else text)
-        out.append(f"{_tex(attack)} & " + " & ".join(cells) + r" \\")
+        label = _tex(_row_label(grid, attack)).replace(NOT_PLANTED_MARK, r"$^\dagger$")
+        out.append(f"{label} & " + " & ".join(cells) + r" \\")
     out += [
         r"\bottomrule",
         r"\end{tabular}",
         *(f"% failed: {line}" for line in grid.failures),
-        *(f"% {note}" for note in grid.notes),
+        *(f"% {note}".replace(NOT_PLANTED_MARK, "dagger") for note in grid.notes),
         *(f"% warning: {w}" for w in grid.data_warnings),
     ]
     return "\n".join(out) + "\n"
@@ -403,7 +439,7 @@ def to_html(grid: Grid) -> str:
             text, _ = _cell(grid, attack, d, m, k)
             text = html.escape(text)
             cells.append(f"<td><b>{text}</b></td>" if k == "ours" and d in best.get(m, ()) and text != "–" else f"<td>{text}</td>")
-        body.append(f"<tr><th>{html.escape(attack)}</th>{''.join(cells)}</tr>")
+        body.append(f"<tr><th>{html.escape(_row_label(grid, attack))}</th>{''.join(cells)}</tr>")
     notes = "".join(f"<p>{html.escape(n)}</p>\n" for n in grid.notes)
     notes += "".join(f"<p><b>Warning</b>: {html.escape(w)}</p>\n" for w in grid.data_warnings)
     return (
@@ -425,6 +461,7 @@ def to_csv(grids: list[Grid]) -> str:
                     "defense": defense,
                     "seeds": grid.seeds.at[attack, defense] if attack in grid.seeds.index else None,
                     "failed": (attack, defense) in grid.failed,
+                    "not_planted": attack in grid.not_planted,
                     "averaged_over": ";".join(grid.averaged_over) if attack == AVERAGE else "",
                 }
                 for m in grid.metrics:

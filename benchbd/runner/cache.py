@@ -52,8 +52,11 @@ class Cache:
         """The cached artifact, or None when it is not there (or not whole)."""
         return self._load(self.path(kind, content_key(identity)))
 
-    def get_or_build(self, kind: str, identity: dict, build: Callable[[], dict[str, torch.Tensor]]) -> tuple[dict[str, torch.Tensor], bool]:
-        """(artifact, True) from the cache, or (build(), False) after storing it."""
+    def get_or_build(
+        self, kind: str, identity: dict, build: Callable[[], dict[str, torch.Tensor]], describe: Callable[[], dict] | None = None
+    ) -> tuple[dict[str, torch.Tensor], bool]:
+        """(artifact, True) from the cache, or (build(), False) after storing it; `describe()`, called
+        after `build`, is stored beside it (read back with `meta`)."""
         path = self.path(kind, content_key(identity))
         artifact = self._load(path)
         if artifact is not None:
@@ -65,8 +68,17 @@ class Cache:
             if path.exists():
                 self.warn(f"warning: cache entry {path} is corrupt or incomplete (checksum mismatch); rebuilding it")
             artifact = build()
+            if describe is not None:
+                atomic_write_bytes(path.with_suffix(".meta.json"), json.dumps(describe(), sort_keys=True, default=str).encode())
             self._store(path, artifact, identity)
         return artifact, False
+
+    def meta(self, kind: str, identity: dict) -> dict:
+        """What `describe` said when the artifact was built ({} when nothing was)."""
+        try:
+            return json.loads(self.path(kind, content_key(identity)).with_suffix(".meta.json").read_text())
+        except (OSError, ValueError):
+            return {}
 
     @staticmethod
     def _load(path: Path) -> dict[str, torch.Tensor] | None:

@@ -5,6 +5,7 @@ result row per finished cell. It knows no method by name: only the interfaces.""
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 import subprocess
 import time
@@ -15,7 +16,6 @@ from typing import Callable
 
 import torch
 
-from .. import __version__
 from ..attacks import ATTACKS, Attack, AttackTools, attack_groups
 from ..config import Layers, as_dict
 from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, limit_holdout, parse_dataset_spec, split_holdout
@@ -24,7 +24,7 @@ from ..errors import BenchbdError
 from ..models import MODELS, create_model
 from ..progress import NullProgress
 from ..seeding import derive
-from ..train import BUDGETS, TRAINER_VERSION, Trainer, TrainingDiverged, TrainRecipe, resolve_device
+from ..train import BUDGETS, TRAINER_VERSION, Trainer, TrainingDiverged, TrainRecipe, precision_of, resolve_device
 from .cache import Cache, content_key
 from .results import Results
 
@@ -41,6 +41,7 @@ class Cell:
     seed: int
     budget: str
     normal_recipe: TrainRecipe
+    precision: str = "fp32"  # the numeric mode the cell trains and evaluates in (bf16 autocast on CUDA)
 
     @property
     def model_name(self) -> str:
@@ -52,14 +53,18 @@ class Cell:
 
     def poison_identity(self) -> dict:
         identity = {
-            "dataset": self.dataset.identity(),
+            "dataset": self.data.identity,
             "holdout": self.dataset.params.holdout_fraction,
             "seed": self.seed,
             **self.attack.identity(),
         }
         if self.attack.trains_surrogate:  # the poisoned images depend on how the surrogate was trained
-            identity["surrogate"] = {"model": self.model_name, "recipe": as_dict(self.normal_recipe), "budget": self.budget}
+            identity["surrogate"] = {"model": self.model_name, "recipe": as_dict(self.normal_recipe), **self.budget_identity()}
         return identity
+
+    def budget_identity(self) -> dict:
+        """What fixes every training run's length and numerics: the budget's rule and the precision."""
+        return {"budget": self.budget, "budget_rule": BUDGETS.get(self.budget).identity(), "precision": self.precision}
 
     def params(self) -> dict:
         """Every resolved parameter, as recorded in the result row."""
@@ -71,13 +76,12 @@ class Cell:
     @property
     def key(self) -> str:
         return content_key(
-            {
-                "dataset": self.dataset_name,
+            {  # the data by its content (in the poison identity), not by its name or path
                 "poison": self.poison_identity(),
                 "defense": self.defense.name,
                 "defense_version": self.defense.version,
                 "params": self.params(),
-                "budget": self.budget,
+                **self.budget_identity(),
                 "trainer": TRAINER_VERSION,
             }
         )
@@ -102,12 +106,27 @@ def training_key(cell: Cell) -> dict:
         "holdout": cell.dataset.params.holdout_fraction,
         "model": cell.model_name,
         "recipe": as_dict(cell.normal_recipe),
-        "budget": cell.budget,
+        **cell.budget_identity(),
         "trainer": TRAINER_VERSION,
     }
 
 
-@functools.lru_cache(maxsize=1)
+def package_sha256(package: Path) -> str:
+    """sha256 over the relative path and content of every file of a package folder (no bytecode)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc"):
+        digest.update(path.relative_to(package).as_posix().encode() + b"\0")
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@functools.lru_cache(maxsize=None)
+def code_sha256() -> str:
+    """benchbd's files (sources, registry, assets) as this process first read them: pinned when the
+    first runner starts, so rows say which code ran whatever git does meanwhile."""
+    return package_sha256(Path(__file__).resolve().parent.parent)
+
+
 @functools.lru_cache(maxsize=None)
 def git_commit() -> str:
     """The commit of the code this process runs: read once, when the first runner starts (a
@@ -134,7 +153,7 @@ class Runner:
         progress: NullProgress | None = None,
         warn: Callable[[str], None] = print,
     ):
-        git_commit()  # pinned now: the code this run executes
+        git_commit(), code_sha256()  # pinned now: the code this run executes
         self.results = results
         self.cache = cache
         self.layers = layers or Layers()
@@ -186,7 +205,7 @@ class Runner:
                     defense = dcls(layers.params("defense", defense_name, name, dcls.Params), defense_name)
                     defense.check_model(architecture)
                     for seed in seeds:
-                        cells.append(Cell(label, dataset, data, attack, defense, seed, budget, recipe))
+                        cells.append(Cell(label, dataset, data, attack, defense, seed, budget, recipe, precision_of(self.device)))
         return cells
 
     def dataset(self, spec: str, layers: Layers | None = None) -> tuple[str, str, Dataset, LoadedData]:
@@ -205,7 +224,7 @@ class Runner:
         return attack
 
     def load(self, dataset: Dataset) -> LoadedData:
-        key = content_key(dataset.identity())
+        key = content_key(dataset.source())
         if key not in self._loaded:
             self._loaded[key] = dataset.load()
             for warning in self._loaded[key].warnings:
@@ -264,10 +283,12 @@ class Runner:
             "budget": cell.budget,
             "model": cell.model_name,
             "params": cell.params(),
+            "data_sha256": cell.data.sha256,
             **({"data_warnings": cell.data.warnings} if cell.data.warnings else {}),
             "device": self.device_name(),
-            "benchbd_version": __version__,
+            "precision": cell.precision,
             "git_commit": git_commit(),
+            "code_sha256": code_sha256(),
             "torch_version": torch.__version__,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
@@ -283,6 +304,9 @@ class Runner:
         outcome = outcome or self.defend(cell)
         self.progress.stage("evaluating")
         ca, asr, n_asr = self.evaluate(outcome.trainer, outcome.model, cell.attack, outcome.splits.test)
+        for name, probe in outcome.context.probes.items():  # models inside the defense (T&R's trapped model)
+            probe_ca, probe_asr, _ = self.evaluate(outcome.trainer, probe, cell.attack, outcome.splits.test)
+            outcome.context.metrics.update({f"{name}_asr": probe_asr, f"{name}_ca": probe_ca})
         splits = outcome.splits
         row = {
             **self._identity_row(cell),
@@ -294,6 +318,7 @@ class Runner:
             "n_train": len(splits.train),
             "n_holdout": len(splits.holdout if outcome.context.holdout is None else outcome.context.holdout),
             "metrics": outcome.context.metrics,
+            "trainings": outcome.trainer.trainings,
             "cached": outcome.cached,
             "wall_time_s": round(time.perf_counter() - outcome.started, 3),
         }
@@ -312,7 +337,7 @@ class Runner:
             cell.attack.prepare(tools)
         target = getattr(cell.attack.params, "target", None)  # scores NC's detection; no defense decides on it
         ctx = DefenseContext(trainer, new_model, splits.num_classes, seed, normal_recipe=cell.normal_recipe, attack_target=target)
-        ctx.cache_model = lambda purpose, identity, model, train: self.defense_model(cell, purpose, identity, model, train)
+        ctx.cache_model = lambda purpose, identity, model, train: self.defense_model(cell, trainer, purpose, identity, model, train)
         needs = cell.defense.needs
         cached = {}
         if needs & {Need.POISONED_TRAIN, Need.BACKDOORED_MODEL}:
@@ -324,6 +349,8 @@ class Runner:
                 ctx.backdoored_model, cached["backdoored_model"] = self.trained_model(
                     cell, trainer, new_model, "backdoored", {"poison": cell.poison_identity()}, poisoned.plus_clean(splits.holdout)
                 )
+                start_ca, start_asr, _ = self.evaluate(trainer, ctx.backdoored_model, cell.attack, splits.test)
+                ctx.metrics.update(start_asr=start_asr, start_ca=start_ca)  # the model the defense starts from
         if Need.HOLDOUT in needs:
             ctx.holdout = limit_holdout(splits.holdout, cell.dataset.params.holdout_size, seed)
         self.progress.stage(f"defense {cell.defense.name}")
@@ -352,7 +379,7 @@ class Runner:
         """The cell's splits (seeded holdout), trainer and model factory."""
         data, pipeline = cell.data, cell.dataset.pipeline
         splits = split_holdout(data.train, data.test, len(data.classes), cell.dataset.params.holdout_fraction, cell.seed)
-        trainer = Trainer(pipeline, BUDGETS.get(cell.budget), self.device, cell.seed, self.progress)
+        trainer = Trainer(pipeline, BUDGETS.get(cell.budget), self.device, cell.seed, self.progress, train_size=splits.full_train_size)
 
         def new_model(dropout: float = 0.0):
             return create_model(cell.model_name, splits.num_classes, dropout=dropout, mean=pipeline.mean, std=pipeline.std)
@@ -383,7 +410,7 @@ class Runner:
                         f"--defenses none --budget {cell.budget}` trains it"
                     )
                 return found
-            return self.cache.get_or_build(kind, key, make)[0]
+            return self.cached_training(trainer, kind, key, make)[0]
 
         return AttackTools(trainer, splits.train, train_cached, new_model, cell.normal_recipe, cached)
 
@@ -394,12 +421,12 @@ class Runner:
             p = cell.attack.poison(splits.train, splits.full_train_size, cell.seed, tools)
             return {"indices": p.poisoned, "images": p.images[p.poisoned], "labels": p.labels}
 
-        art, hit = self.cache.get_or_build("poisoned", cell.poison_identity(), build)
+        art, hit = self.cached_training(tools.trainer, "poisoned", cell.poison_identity(), build)
         images = splits.train.images.clone()
         images[art["indices"]] = art["images"]
         return PoisonedSplit(images, art["labels"], poisoned=art["indices"], training_control=cell.attack.training_control), hit
 
-    def defense_model(self, cell: Cell, purpose: str, identity: dict, model: torch.nn.Module, train) -> bool:
+    def defense_model(self, cell: Cell, trainer: Trainer, purpose: str, identity: dict, model: torch.nn.Module, train) -> bool:
         """A defense's intermediate model (T&R's stage 1), cached by what determines it; True on a hit."""
         key = {
             "defense": cell.defense.name,
@@ -409,7 +436,7 @@ class Runner:
             "poison": cell.poison_identity(),
             "seed": cell.seed,
             "model": cell.model_name,
-            "budget": cell.budget,
+            **cell.budget_identity(),
             "trainer": TRAINER_VERSION,
         }
 
@@ -417,10 +444,19 @@ class Runner:
             train(model)
             return model.state_dict()
 
-        state, hit = self.cache.get_or_build(f"{cell.defense.name}_{purpose}", key, build)
+        state, hit = self.cached_training(trainer, f"{cell.defense.name}_{purpose}", key, build)
         if hit:
             model.load_state_dict(state)
         return hit
+
+    def cached_training(self, trainer: Trainer, kind: str, identity: dict, build) -> tuple[dict, bool]:
+        """`cache.get_or_build` for an artifact that trains: the training runs of its build are
+        stored beside it, and a cell that loads it records them with `cached: true`."""
+        start = len(trainer.trainings)
+        artifact, hit = self.cache.get_or_build(kind, identity, build, describe=lambda: {"trainings": trainer.trainings[start:]})
+        if hit:
+            trainer.trainings += [{**run, "cached": True} for run in self.cache.meta(kind, identity).get("trainings", [])]
+        return artifact, hit
 
     def trained_model(
         self, cell: Cell, trainer: Trainer, new_model, purpose: str, identity: dict, data: Split
@@ -436,6 +472,6 @@ class Runner:
             return trainer.fit(model, data, cell.normal_recipe, desc=purpose).state_dict()
 
         key = {**identity, "purpose": purpose, **training_key(cell)}
-        state, hit = self.cache.get_or_build(purpose.replace(" ", "_"), key, build)
+        state, hit = self.cached_training(trainer, purpose.replace(" ", "_"), key, build)
         model.load_state_dict(state)
         return model, hit
