@@ -16,7 +16,6 @@ from rich.table import Table
 
 from .errors import BenchbdError, unknown
 
-LIST_KINDS = ("attacks", "defenses", "datasets", "models", "budgets")
 DATA_ROOT_HELP = "Where datasets live [default: $BENCHBD_DATA or ~/.cache/benchbd/data]."
 CACHE_HELP = "Artifact cache [default: RESULTS/cache]."
 DEVICE_HELP = "auto, cpu, cuda, cuda:1, ..."
@@ -42,11 +41,9 @@ class Cli(click.Group):
 
 def _components():
     """Import the built-in components (registration) lazily: `benchbd --help` stays fast."""
-    from . import attacks, defenses, models  # noqa: F401
-    from .data import DATASETS
-    from .train import BUDGETS
+    from .components import components
 
-    return {"attacks": attacks.ATTACKS, "defenses": defenses.DEFENSES, "datasets": DATASETS, "models": models.MODELS, "budgets": BUDGETS}
+    return components()
 
 
 def _load_plugins(plugins: tuple[str, ...]) -> None:
@@ -73,47 +70,22 @@ def main(debug):
     """benchbd: benchmark backdoor defenses on image classifiers."""
 
 
-def needs_text(needs) -> str:
-    """A defense's needs for `list defenses`; 'no data' where it needs no training or clean data (CLP)."""
-    from .defenses import Need
-
-    text = ", ".join(sorted(n.value for n in needs))
-    if not needs & {Need.HOLDOUT, Need.POISONED_TRAIN}:
-        text = f"{text} (no data)" if text else "no data"
-    return text
-
-
 @main.command("list")
 @click.argument("kind", default="attacks")
 @plugin_option
 def list_cmd(kind: str, plugins):
-    """List registered attacks, defenses, datasets, models or budgets."""
+    """List registered attacks, defenses, datasets, models or budgets: one line each (details:
+    `benchbd show attack|defense|dataset NAME`)."""
+    import shutil
+
+    from .components import LIST_KINDS, listing
+
     _load_plugins(plugins)
     registries = _components()
     if kind not in registries:
         raise unknown("list kind", kind, LIST_KINDS)
-    table = Table(title=kind, show_lines=False)
-    for column in ("name", "aliases", "description"):
-        table.add_column(column)
-    if kind == "defenses":
-        table.add_column("needs")
-        table.add_column("applies")
-        table.add_column("source")
-    if kind == "attacks":
-        table.add_column("label")
-        table.add_column("source")
-    for entry in registries[kind].entries():
-        row = [entry.name, ", ".join(entry.aliases), entry.description]
-        if kind == "defenses":
-            group = "" if entry.obj.group == "paper" else f" (group '{entry.obj.group}', not in 'all')"
-            row += [needs_text(entry.obj.needs), entry.obj.scenario() + group, entry.obj.source]
-        if kind == "attacks":
-            group = "" if entry.obj.group == "paper" else f", group '{entry.obj.group}'"
-            row += [entry.obj.label_kind() + ("" if entry.obj.in_all else ", not in 'all'") + group, entry.obj.source]
-        if kind == "datasets" and entry.obj.takes_path:
-            row[0] += ":PATH"
-        table.add_row(*row)
-    Console().print(table)  # the terminal's real width (COLUMNS when set); rich wraps cells to fit
+    for line in listing(kind, registries[kind], shutil.get_terminal_size((100, 24)).columns):
+        click.echo(line)
 
 
 def _parse_seeds(text: str) -> list[int]:
@@ -343,6 +315,19 @@ def reproduce(row_file, data_root, device, scratch, plugins, quiet):
         sys.exit(1)
 
 
+@main.command()
+@click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP)
+@click.option("--results", "results_dir", default="results", show_default=True, type=click.Path(file_okay=False), help="Results directory.")
+@click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help=CACHE_HELP)
+def info(data_root, results_dir, cache_dir):
+    """Versions, devices and precision, datasets found (size, content hash), cache, report tools."""
+    from .data.datasets import default_data_root
+    from .info import report
+
+    for line in report(Path(data_root) if data_root else default_data_root(), Path(cache_dir or Path(results_dir) / "cache")):
+        click.echo(line)
+
+
 @main.command("experiments")
 def experiments_cmd():
     """List the named experiments: what each reproduces and its grid."""
@@ -396,7 +381,7 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
     _load_plugins(plugins)
     if what in ("attack", "defense", "dataset", "train"):
         from .config import Layers, load_user_config, parse_set
-        from .describe import parameter_table
+        from .describe import component_details, parameter_table
 
         if not name:
             raise BenchbdError(
@@ -405,6 +390,8 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
                 + "`"
             )
         layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
+        for line in component_details(what, name):
+            click.echo(line)
         Console().print(parameter_table(what, name, dataset, layers))
         return
     from .config import Layers, parse_set
@@ -438,14 +425,25 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
 @click.option("--experiment", default=None, help="Only this experiment's cells, one column per setting (name or YAML file).")
 @click.option("--dataset", "datasets", default=None, help="Only these datasets (comma-separated).")
 @click.option("--budget", "budgets", default=None, help="Only these budgets (comma-separated).")
-@click.option("--extra", multiple=True, metavar="METRIC", help="Also show this per-cell metric, e.g. epsilon of dp (repeatable).")
+@click.option(
+    "--metrics",
+    default="asr,ca",
+    show_default=True,
+    help="asr and ca, plus ra (robust accuracy) and/or der (defense effectiveness rating vs the same seed's backdoored model).",
+)
+@click.option("--extra", multiple=True, metavar="METRIC", help="Also show this per-defense metric, e.g. epsilon of dp (repeatable).")
 @click.option("--output", "-o", default=None, type=click.Path(dir_okay=False), help="Write to a file instead of stdout.")
-def table(results_dir, fmt, compare, experiment, datasets, budgets, extra, output):
+def table(results_dir, fmt, compare, experiment, datasets, budgets, metrics, extra, output):
     """Print the ASR/CA grid of the results, per dataset and budget."""
-    from .report.tables import render
+    from .report.tables import METRICS, ROW_METRICS, render
 
+    chosen_metrics = _names(metrics) or []
+    for name in chosen_metrics:
+        if name not in METRICS + ROW_METRICS:
+            raise unknown("--metrics entry", name, METRICS + ROW_METRICS)
     rows, chosen, members = _saved_results(results_dir, experiment)
-    text = render(rows, fmt, compare, _names(datasets), _names(budgets), extra, chosen, members)
+    more = tuple(m for m in ROW_METRICS if m in chosen_metrics) + tuple(extra)
+    text = render(rows, fmt, compare, _names(datasets), _names(budgets), more, chosen, members)
     if output:
         _write(Path(output), text)
     else:

@@ -25,7 +25,7 @@ def _flat(values: dict, prefix: str = "") -> dict[str, object]:
 
 def _params_class(kind: str, name: str) -> tuple[str, type]:
     """(canonical name, Params dataclass) of a registered component (`train normal`: the normal recipe)."""
-    from .cli import _components
+    from .components import components
     from .train import TrainRecipe
 
     if kind == "train":
@@ -34,7 +34,7 @@ def _params_class(kind: str, name: str) -> tuple[str, type]:
         if name != "normal":
             raise unknown("training recipe", name, ["normal"])
         return name, TrainRecipe
-    registry = _components()[KIND_OF[kind]]
+    registry = components()[KIND_OF[kind]]
     canonical = registry.resolve(name)
     return canonical, registry.get(canonical).Params
 
@@ -52,3 +52,14 @@ def parameter_table(kind: str, name: str, dataset: str, layers: Layers) -> Table
     for key, value in resolved.items():
         table.add_row(key, repr(value), repr(defaults.get(key)), sources.get(key, "code default"))
     return table
+
+
+def component_details(kind: str, name: str) -> list[str]:
+    """The lines `benchbd list` leaves out (aliases, needs, source); nothing for `train`."""
+    from .components import components, details
+
+    if kind == "train":
+        return []
+    registry = components()[KIND_OF[kind]]
+    canonical = registry.resolve(name)
+    return details(KIND_OF[kind], next(e for e in registry.entries() if e.name == canonical))

@@ -3,7 +3,8 @@
 The whole split is moved to the device once as uint8; batches are gathered, augmented and
 converted there, channels_last; on CUDA also bf16 autocast. The loop does not synchronise with
 the host inside an epoch (the running loss is read once per epoch). Every training loop drops the
-last partial batch, as the official loaders do (`drop_last=True`): a split smaller than one batch
+last partial batch, as the official loaders of the paper's defenses do (`drop_last=True`; some
+modern methods' official loaders keep it: docs/deviations.md): a split smaller than one batch
 trains on one batch of all of it.
 """
 
@@ -103,7 +104,10 @@ BUDGETS.register("paper", description="the paper's epochs (SPEC section 5)")(Bud
 BUDGETS.register("fast", description="passes over the training split take at most 30 epochs; runs on the holdout keep theirs")(
     Budget("fast", long_run_epochs=30)
 )
-BUDGETS.register("demo", description="every run capped at 20 epochs: real but quick, for the CPU quick start")(
+BUDGETS.register("quick", description="passes over the training split take at most 5 epochs, every run at most 20: the quick start")(
+    Budget("quick", long_run_epochs=5, max_epochs=20)
+)
+BUDGETS.register("demo", description="every run capped at 20 epochs: real but short, for small studies on a CPU")(
     Budget("demo", max_epochs=20)
 )
 BUDGETS.register("smoke", description="1 epoch of at most 2 steps per run: exercises the code only")(

@@ -143,13 +143,15 @@ def seeded_generators(atk, seed=0):
 
 
 def input_aware_rule(x):
-    """x + (G(x) - x) m(x) per image, G = tanh(z) / (2 + 1e-7) + 0.5, m = tanh(20 z - 10) / (2 + 1e-7) + 0.5,
-    from the networks' raw outputs z."""
+    """x + (G(x) - x) m(x) per image, G = tanh(z) / (2 + 1e-7) + 0.5 and m = tanh(20 M - 10) / (2 + 1e-7) + 0.5
+    with M = tanh(z') / (2 + 1e-7) + 0.5, from the networks' raw outputs z, z' (the official
+    threshold(netM(x)), train.py and models.py of the official repository)."""
     atk = seeded_generators(attacks.create("input_aware"))
     images = torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255
     with torch.no_grad():
         zp, zm = atk.patterns(images).double().numpy(), atk.masks(images).double().numpy()
-    pattern, mask = np.tanh(zp) / (2 + 1e-7) + 0.5, np.tanh(20 * zm - 10) / (2 + 1e-7) + 0.5
+    pattern = np.tanh(zp) / (2 + 1e-7) + 0.5
+    mask = np.tanh(20 * (np.tanh(zm) / (2 + 1e-7) + 0.5) - 10) / (2 + 1e-7) + 0.5
     xs = x.transpose(0, 3, 1, 2) / 255
     return finish((xs + (pattern - xs) * mask).transpose(0, 2, 3, 1) * 255)
 

@@ -175,7 +175,7 @@ def test_bad_input_is_one_line(args, message, tmp_path, monkeypatch):
 def test_list_shows_every_kind():
     for kind, expected in [
         ("attacks", "badnet_grid"),
-        ("defenses", "poisoned training split"),
+        ("defenses", "holdout+poisoned"),
         ("datasets", "npz:PATH"),
         ("models", "wrn16_1"),
         ("budgets", "smoke"),

@@ -195,6 +195,7 @@ def test_abl_isolates_mostly_poisoned_samples():
     ctx, _ = _abl(_noise_toy())
     assert ctx.metrics["isolated"] == 30
     assert ctx.metrics["isolation_precision"] > 0.5, ctx.metrics  # far above the 0.1 poison ratio
+    assert ctx.metrics["isolation_auroc"] > 0.8 and 0 < ctx.metrics["isolation_f1"] <= 1, ctx.metrics
 
 
 def test_abl_isolation_trains_with_the_lga_loss(monkeypatch):

@@ -172,10 +172,42 @@ def test_every_cli_option_has_help_and_clean_is_not_dirty():
     missing = [f"{where} {param.opts[0]}" for where, param in options(main) if not param.help]
     assert missing == []
     res = CliRunner().invoke(main, ["list", "attacks"], env={"COLUMNS": "300"})
-    clean = next(line for line in res.output.splitlines() if "│ clean " in line)
-    assert "none (no attack)" in clean and "dirty" not in clean
+    clean = next(line for line in res.output.splitlines() if line.startswith("clean "))
+    assert " none " in clean and "dirty" not in clean
 
 
-def test_list_fits_an_80_column_terminal():
-    res = CliRunner().invoke(main, ["list", "defenses"], env={"COLUMNS": "80"})
-    assert res.exit_code == 0 and max(len(line) for line in res.output.splitlines()) <= 80
+@pytest.mark.parametrize("kind", ["attacks", "defenses", "datasets", "models", "budgets"])
+def test_list_fits_an_80_column_terminal_one_line_per_item(kind):
+    from benchbd.components import components
+
+    res = CliRunner().invoke(main, ["list", kind], env={"COLUMNS": "80"})
+    lines = res.output.splitlines()
+    assert res.exit_code == 0 and max(len(line) for line in lines) <= 80
+    assert len(lines) == len(components()[kind].names())
+
+
+def test_info_runs_without_data_gpu_or_chromium(tmp_path, monkeypatch):
+    import shutil
+
+    import torch
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    res = CliRunner().invoke(main, ["info", "--data-root", str(tmp_path / "empty"), "--results", str(tmp_path)])
+    assert res.exit_code == 0 and "Traceback" not in res.output, res.output
+    assert "cpu (" in res.output and "precision fp32" in res.output and "cuda:" not in res.output
+    assert f"cifar10: not in {tmp_path / 'empty'}" in res.output and "chromium): not found" in res.output
+    assert len(res.output.splitlines()) <= 24  # one screen
+
+
+def test_info_names_a_dataset_with_its_size_and_content_hash(tmp_path, monkeypatch):
+    import numpy as np
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    x = np.zeros((4, 32, 32, 3), np.uint8)
+    np.savez(tmp_path / "cifar10.npz", x_train=x, y_train=np.arange(4), x_test=x, y_test=np.arange(4))
+    res = CliRunner().invoke(main, ["info", "--data-root", str(tmp_path)])
+    from benchbd.data.datasets import DatasetParams, NpzDataset
+
+    digest = NpzDataset(DatasetParams(), path=str(tmp_path / "cifar10.npz")).load().sha256
+    assert res.exit_code == 0 and "4 train / 4 test" in res.output and f"data_sha256 {digest[:12]}" in res.output, res.output

@@ -211,3 +211,40 @@ def test_committed_rows_carry_their_data_hash_and_their_keys_name_their_files():
         row = json.loads(path.read_text())
         assert len(row.get("data_sha256", "")) == 64, path
         assert path.stem == row["cell_key"], path
+
+
+def test_robust_accuracy_by_hand_on_a_model_that_reads_one_pixel():
+    """A 'model' that predicts the class written into pixel (0, 0) (which BadNet's corner trigger
+    leaves alone): ASR and RA are the shares of non-target images coded as the target and as their label."""
+    import torch
+
+    from benchbd.attacks import ATTACKS
+    from benchbd.data import Split
+    from benchbd.data.augment import SmallImages
+    from benchbd.train import BUDGETS, Trainer
+
+    class PixelReader(torch.nn.Module):
+        def forward(self, x):
+            return torch.nn.functional.one_hot((x[:, 0, 0, 0] * 255).round().long() % 10, 10).float()
+
+    labels = torch.tensor([0, 1, 2, 3, 4, 5, 6, 7])  # target 0: seven non-target images
+    codes = torch.tensor([0, 1, 2, 0, 0, 9, 9, 7])  # labels 1, 2, 7 kept (RA 3/7); 3, 4 -> target (ASR 2/7)
+    images = torch.zeros(8, 32, 32, 3, dtype=torch.uint8)
+    images[:, 0, 0, 0] = codes.to(torch.uint8)
+    attack = ATTACKS.get("badnet_grid")(ATTACKS.get("badnet_grid").Params(target=0), 10, 32, "badnet_grid")
+    scores = Runner.evaluate(Trainer(SmallImages(), BUDGETS.get("smoke")), PixelReader(), attack, Split(images, labels))
+    assert scores.n_asr == 7
+    assert scores.asr == pytest.approx(round(100 * 2 / 7, 4)) and scores.ra == pytest.approx(round(100 * 3 / 7, 4))
+    assert scores.ca == pytest.approx(100 * 4 / 8)  # clean: images 0, 1, 2 and 7 are coded as their label
+
+
+def test_der_by_hand_from_two_rows_and_from_start_numbers():
+    from benchbd.report.tables import with_der
+
+    rows = grid_rows({"blend": 99.0})  # none: ASR 99, CA 80; tnr: ASR 2, CA 75
+    der = with_der(rows.assign(defense_name=rows["defense"])).set_index("defense")["der"]
+    assert np.isnan(der["none"]) and der["tnr"] == pytest.approx(((99 - 2) - (80 - 75) + 100) / 2)
+    alone = rows[rows["defense"] == "tnr"].assign(defense_name="tnr", metrics=[{"start_asr": 90.0, "start_ca": 70.0}])
+    assert with_der(alone)["der"].iloc[0] == pytest.approx(((90 - 2) - 0 + 100) / 2)  # a CA gain counts as 0
+    (grid,) = build_grids(rows, extra=("der", "ra"))
+    assert grid.mean["der"].at["blend", "tnr"] == pytest.approx(96.0) and "DER" in to_markdown(grid)

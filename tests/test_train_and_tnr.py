@@ -30,7 +30,16 @@ def test_trainer_learns_synthetic_data():
 def test_budgets_change_only_epochs():
     assert BUDGETS.get("paper").epochs(200) == 200
     assert BUDGETS.get("fast").epochs(200) == 30 and BUDGETS.get("fast").epochs(100) == 30 and BUDGETS.get("fast").epochs(20) == 20
-    assert BUDGETS.get("smoke").epochs(200) == 1
+    assert BUDGETS.get("fast").epochs(60) == 30  # ABL's retraining over the split
+    assert BUDGETS.get("fast").epochs(100, whole_split=False) == 100  # a run on the holdout keeps its recipe
+    assert BUDGETS.get("smoke").epochs(200) == 1 and BUDGETS.get("smoke").epochs(100, whole_split=False) == 1
+
+
+def test_a_run_over_the_split_is_told_from_one_over_the_holdout():
+    trainer = Trainer(SmallImages(), BUDGETS.get("fast"), "cpu", train_size=1000)
+    assert trainer.whole_split(950) and trainer.whole_split(500) and not trainer.whole_split(50)
+    assert trainer.run_epochs("a", 200, 950) == 30 and trainer.run_epochs("b", 100, 50) == 100
+    assert [t["name"] for t in trainer.trainings] == ["a", "b"]
 
 
 def test_total_variation_formula():
@@ -94,3 +103,23 @@ def test_frozen_keeps_batchnorm_in_eval():
     before = bn.running_mean.clone()
     frozen(torch.randn(4, 3, 2, 2) + 5)
     assert torch.equal(before, bn.running_mean)
+
+
+def test_stage1_traps_the_input_in_the_stem_through_its_reconstruction_loss():
+    """The trap itself: stage 1's decoder learns to rebuild the input from the stem's features, so the
+    stem must keep it; a stage 1 whose reconstruction loss were multiplied by 0 leaves the decoder
+    where it started and fails here."""
+    from benchbd.defenses.tnr import TrapNet, reconstruction_mse
+
+    data = synthetic(300, 50)
+    splits = split_holdout(data.train, data.test, 10, 0.2, seed=0)
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=4), "cpu", seed=0)
+    new_model = lambda dropout=0.0: create_model("wrn16_1", 10, dropout=dropout)  # noqa: E731
+    ctx = DefenseContext(trainer, new_model, 10, 0, poisoned_train=splits.train, holdout=splits.holdout)
+    params = build_params(TnRParams, {"rec_weight": 10.0, "stage1": {"epochs": 4, "batch_size": 32}}, "defense.tnr")
+    torch.manual_seed(0)
+    TrapAndReplace(params, "tnr").stage1(ctx)
+    torch.manual_seed(0)
+    untrained = TrapNet(new_model(), new_model().default_split)
+    before = reconstruction_mse(trainer, untrained, splits.holdout)
+    assert ctx.metrics["recon_mse"] < 0.3 * before, (ctx.metrics["recon_mse"], before)

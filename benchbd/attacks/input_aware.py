@@ -2,7 +2,8 @@
 
 A pattern generator G and a mask generator M (the same encoder-decoder, 3 and 1 output channels)
 make x' = x + (G(x) - x) * m(x), with G(x) = tanh(z) / (2 + eps) + 0.5 and the sharpened mask
-m(x) = tanh(20 z - 10) / (2 + eps) + 0.5. The official schedule, trained once per dataset, seed,
+m(x) = tanh(20 M(x) - 10) / (2 + eps) + 0.5, where M(x) = tanh(z) / (2 + eps) + 0.5 is the mask
+network's own output (the official `threshold(netM(x))`). The official schedule, trained once per dataset, seed,
 model and budget and cached as this attack's artifact (`prepare`):
 
 1. M alone for `mask_epochs` (25): lambda_norm mean(relu(m(x1) - mask_density)) plus the
@@ -83,7 +84,9 @@ class TriggerNet(nn.Module):
         return torch.tanh(self(x)) / (2 + EPSILON) + 0.5
 
     def mask(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(self(x) * 20 - 10) / (2 + EPSILON) + 0.5
+        """The official threshold applied to the network's own output, which already ends in
+        tanh(z) / (2 + eps) + 0.5 (so z = 0 gives 0.5, not 0)."""
+        return torch.tanh(self.pattern(x) * 20 - 10) / (2 + EPSILON) + 0.5
 
 
 def to_image(x: torch.Tensor) -> torch.Tensor:
@@ -118,6 +121,7 @@ class InputAware(PerBatchAttack):
     group = "modern"
     sample_specific = True
     source = "Nguyen & Tran, NeurIPS 2020"
+    version = 2  # 2: the mask thresholds the mask network's tanh output, as the official code (not its raw output)
 
     def __init__(self, params, num_classes, image_size, name="input_aware"):
         super().__init__(params, num_classes, image_size, name)

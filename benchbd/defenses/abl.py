@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from ..config import check
 from ..train import TrainRecipe
 from .base import DEFENSES, Defense, Need
+from .common import score_detection
 
 
 def _sgd(lr: float, epochs: int, milestones: tuple[int, ...] = ()) -> TrainRecipe:
@@ -61,11 +62,12 @@ class AntiBackdoorLearning(Defense):
             return torch.sign(loss - p.gamma) * loss
 
         model = trainer.fit(ctx.new_model(), data, p.isolation, loss=lga, desc="ABL isolation", augment=False)
-        isolated = self.isolate(trainer, model, data)
+        losses = trainer.per_sample_loss(model, data)
+        isolated = self.isolate(losses)
         kept = torch.ones(len(data), dtype=torch.bool)
         kept[isolated] = False
-        # the poison indices only score the isolation; no decision uses them
-        ctx.metrics["isolation_precision"] = float(data.poison_mask[isolated].double().mean()) if len(isolated) else float("nan")
+        # the poison indices only score the isolation (lower loss: more suspicious); no decision uses them
+        score_detection(ctx, data.poison_mask, ~kept, -losses, "isolation")
         ctx.metrics["isolated"] = int(len(isolated))
         trainer.fit(model, data.subset(kept), p.clean_training, desc="ABL training on the rest")
 
@@ -74,8 +76,7 @@ class AntiBackdoorLearning(Defense):
 
         return trainer.fit(model, data.subset(isolated), p.unlearning, loss=ascent, desc="ABL unlearning", augment=False)
 
-    def isolate(self, trainer, model, data) -> torch.Tensor:
+    def isolate(self, losses: torch.Tensor) -> torch.Tensor:
         """Indices of the isolation_ratio share of samples with the lowest loss."""
-        losses = trainer.per_sample_loss(model, data)
-        count = max(1, int(self.params.isolation_ratio * len(data)))
+        count = max(1, int(self.params.isolation_ratio * len(losses)))
         return losses.argsort()[:count].sort().values

@@ -114,7 +114,7 @@ class ActivationClustering(DataCleansing):
         ctx.metrics["ac_decided_by_size"] = int(data.labels.unique().numel()) - len(undecided)
         if p.analysis == "exclusionary" and undecided:
             self.reclassify(ctx, data, removed, undecided)
-        return removed
+        return removed, None  # a cluster decision: no per-sample score
 
     def reclassify(self, ctx, data, removed: torch.Tensor, undecided: list) -> None:
         """Exclusionary reclassification of the undecided labels: marks the poison clusters in `removed`."""

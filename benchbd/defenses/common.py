@@ -39,13 +39,34 @@ def retrain_from_scratch(ctx: DefenseContext, data: PoisonedSplit, kept: torch.T
     return ctx.cached_model(purpose, identity, model, lambda m: ctx.trainer.fit(m, subset, recipe, desc=purpose))
 
 
-def score_removal(ctx: DefenseContext, data: PoisonedSplit, removed: torch.Tensor) -> None:
-    """Precision and recall of the removed samples against the true poison (scoring only)."""
-    poison = data.poison_mask
-    hits = int((removed & poison).sum())
+def auroc(scores: torch.Tensor, positive: torch.Tensor) -> float:
+    """Area under the ROC curve of `scores` (higher: more suspicious) for the `positive` mask: the
+    Mann-Whitney statistic with average ranks for ties; NaN without both classes."""
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return float("nan")
+    values, inverse, counts = torch.unique(scores.double(), return_inverse=True, return_counts=True)
+    first = torch.cumsum(counts, 0) - counts  # rank (from 0) of the first of each tied group
+    ranks = (first + (counts - 1) / 2.0 + 1)[inverse]
+    return float((ranks[positive].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
+
+
+def score_detection(ctx: DefenseContext, poison: torch.Tensor, flagged: torch.Tensor, score: torch.Tensor | None, prefix: str) -> None:
+    """Precision, recall and F1 of the `flagged` samples against the true poison, and the AUROC of
+    the defense's own per-sample `score` where it has one: for the row only, no decision reads them."""
+    hits = int((flagged & poison).sum())
+    precision = hits / int(flagged.sum()) if flagged.any() else float("nan")
+    recall = hits / int(poison.sum()) if poison.any() else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if hits else (0.0 if flagged.any() and poison.any() else float("nan"))
+    ctx.metrics.update({f"{prefix}_precision": precision, f"{prefix}_recall": recall, f"{prefix}_f1": f1})
+    if score is not None:
+        ctx.metrics[f"{prefix}_auroc"] = auroc(score, poison)
+
+
+def score_removal(ctx: DefenseContext, data: PoisonedSplit, removed: torch.Tensor, score: torch.Tensor | None = None) -> None:
+    """What a data-cleansing defense removed, scored against the true poison."""
     ctx.metrics["removed"] = int(removed.sum())
-    ctx.metrics["detection_precision"] = hits / int(removed.sum()) if removed.any() else float("nan")
-    ctx.metrics["detection_recall"] = hits / int(poison.sum()) if poison.any() else float("nan")
+    score_detection(ctx, data.poison_mask, removed, score, "detection")
 
 
 class DataCleansing(Defense):
@@ -60,11 +81,11 @@ class DataCleansing(Defense):
         return "after training: removes suspected poison from the training set, retrains from scratch"
 
     @abc.abstractmethod
-    def detect(self, ctx: DefenseContext, data: PoisonedSplit, model: nn.Module) -> torch.Tensor:
-        """A bool mask over `data`: the samples to remove."""
+    def detect(self, ctx: DefenseContext, data: PoisonedSplit, model: nn.Module) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(a bool mask over `data`: the samples to remove, the per-sample suspicion score or None)."""
 
     def run(self, ctx):
         data = ctx.need(Need.POISONED_TRAIN)
-        removed = self.detect(ctx, data, ctx.need(Need.BACKDOORED_MODEL))
-        score_removal(ctx, data, removed)
+        removed, score = self.detect(ctx, data, ctx.need(Need.BACKDOORED_MODEL))
+        score_removal(ctx, data, removed, score)
         return retrain_from_scratch(ctx, data, ~removed, "retrained", as_dict(self.params))

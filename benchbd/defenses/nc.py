@@ -75,8 +75,8 @@ def stamp(x: torch.Tensor, mask: torch.Tensor, pattern: torch.Tensor) -> torch.T
 
 def anomaly(l1: torch.Tensor, threshold: float) -> tuple[float, list[int]]:
     """MAD outlier test on the labels' mask norms: (anomaly index of the smallest, flagged labels)."""
-    median = l1.median()
-    mad = 1.4826 * (l1 - median).abs().median()
+    median = l1.quantile(0.5)  # numpy's median, as the official test: the mean of the two middle values
+    mad = 1.4826 * (l1 - median).abs().quantile(0.5)
     deviation = (l1 - median).abs() / mad.clamp_min(1e-12)
     index = float(deviation[l1.argmin()])
     flagged = [int(t) for t in torch.nonzero((l1 < median) & (deviation > threshold)).flatten()]
@@ -125,6 +125,7 @@ class NeuralCleanse(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Wang et al., IEEE S&P 2019"
+    version = 2  # 2: the MAD test's medians as numpy's (mean of the two middle values), not torch's lower one
 
     def run(self, ctx):
         model = ctx.trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)))

@@ -75,13 +75,14 @@ class SharedAdversarialUnlearning(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Wei et al., NeurIPS 2023 (official code in BackdoorBench)"
+    version = 2  # 2: Adam with amsgrad, as the official train_settings_generate.py
 
     def run(self, ctx):
         p, trainer = self.params, ctx.trainer
         reference = trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))).eval().requires_grad_(False)
         model = trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))).eval()
         holdout = ctx.need(Need.HOLDOUT)
-        optimizer = torch.optim.Adam(model.parameters(), lr=p.lr)
+        optimizer = torch.optim.Adam(model.parameters(), lr=p.lr, amsgrad=True)  # as the official optimiser
         rounds = trainer.run_epochs("SAU", p.rounds, holdout)
         shared = torch.zeros((), device=trainer.device)
         seen = 0

@@ -57,11 +57,13 @@ class SpectralSignatures(DataCleansing):
         representation = features(ctx.trainer, data.images, model.stem(model.num_blocks))  # the last residual block's output
         per_label = round(p.removal_factor * p.poison_budget * len(data))
         removed = torch.zeros(len(data), dtype=torch.bool)
+        suspicion = torch.zeros(len(data), dtype=torch.float64)  # each sample's score within its label
         for label in data.labels.unique().tolist():
             members = torch.nonzero(data.labels == label).flatten()
+            scores = spectral_scores(representation[members])
+            suspicion[members] = scores
             count = min(per_label, int(p.max_label_share * len(members)))
             if count == 0:
                 continue
-            scores = spectral_scores(representation[members])
             removed[members[scores.topk(count).indices]] = True
-        return removed
+        return removed, suspicion

@@ -16,9 +16,33 @@ from ..errors import BenchbdError, unknown
 
 FORMATS = ("markdown", "latex", "csv", "html")
 METRICS = ("asr", "ca")
+ROW_METRICS = ("ra", "der")  # further columns `--metrics` may add: RA from the rows, DER computed from them
 AVERAGE = "Average"
 PLANTED = 50.0  # least ASR of the backdoored model for an attack to count as planted
 NOT_PLANTED_MARK = "†"
+
+
+def with_der(rows: pd.DataFrame) -> pd.DataFrame:
+    """`der` per row, BackdoorBench's defense effectiveness rating in %:
+    [max(0, ASR_bd - ASR_def) - max(0, CA_bd - CA_def) + 100] / 2, against the same seed's backdoored
+    model: its `none` row (same dataset, budget, attack setting, seed), else the `start_asr` /
+    `start_ca` a repair defense recorded; NaN for `none` itself and where neither is known."""
+    rows = rows.copy()
+    none = rows[rows["defense_name"] == "none"] if "defense_name" in rows else rows[rows["defense"] == "none"]
+    reference = {(r.dataset, r.budget, r.attack, r.seed): (r.asr, r.ca) for r in none.itertuples()}
+    ders = []
+    for r in rows.itertuples():
+        start = (r.metrics or {}) if isinstance(getattr(r, "metrics", None), dict) else {}
+        base = reference.get((r.dataset, r.budget, r.attack, r.seed))
+        if base is None and "start_asr" in start:
+            base = (start["start_asr"], start["start_ca"])
+        if base is None or (getattr(r, "defense_name", r.defense) == "none"):
+            ders.append(float("nan"))
+            continue
+        asr_bd, ca_bd = base
+        ders.append((max(0.0, asr_bd - r.asr) - max(0.0, ca_bd - r.ca) + 100) / 2)
+    rows["der"] = ders
+    return rows
 
 
 def backdoored_asr(part: pd.DataFrame) -> dict[str, float]:
@@ -188,7 +212,7 @@ def build_grids(
         raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
     known = sorted({k for d in (rows["metrics"] if "metrics" in rows else []) if isinstance(d, dict) for k in d})
     for m in extra:
-        if m not in known:
+        if m not in known and m not in ROW_METRICS:
             raise unknown("--extra metric", m, known or ["(the rows hold no extra metrics)"])
     rows = rows.sort_values("finished_at", kind="stable")
     rows = _select(_select(rows, "dataset", datasets), "budget", budgets)
@@ -230,7 +254,12 @@ def build_grids(
             for a, d, seed, error in zip(bad["attack"], bad["defense"], bad["seed"], bad.get("error", pd.Series("", index=bad.index)))
         )
         part = part[status != "failed"].copy()
+        if "der" in extra:
+            part = with_der(part)
         for m in extra:
+            if m in ROW_METRICS:
+                part[m] = pd.to_numeric(part[m], errors="coerce") if m in part else float("nan")
+                continue
             values = part["metrics"].map(lambda d, m=m: (d or {}).get(m)) if "metrics" in part else float("nan")
             part[m] = pd.to_numeric(values, errors="coerce")
         grouped = part.groupby(["attack", "defense"])
@@ -330,13 +359,13 @@ def _columns(grid: Grid) -> list[tuple[str, str, str]]:
 
 
 def _header(metric: str, kind: str) -> str:
-    name = metric.upper() if metric in METRICS else metric
+    name = metric.upper() if metric in METRICS + ROW_METRICS else metric
     return {"ours": name, "paper": f"{name} paper", "diff": f"Δ{name}"}[kind]
 
 
 def _cell(grid: Grid, attack: str, defense: str, metric: str, kind: str) -> tuple[str, float]:
     mean = grid.mean[metric].at[attack, defense]
-    spec = ".2f" if metric in METRICS else ".4g"  # percentages; other metrics (epsilon, recon MSE) by significant digits
+    spec = ".2f" if metric in METRICS + ROW_METRICS else ".4g"  # percentages; other metrics (epsilon, recon MSE) by significant digits
     if kind == "ours":
         if (attack, defense) in grid.failed:
             return "failed", float("nan")

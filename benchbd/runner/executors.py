@@ -15,15 +15,13 @@ import os
 import signal
 import time
 from pathlib import Path
-from typing import Callable
 
 import torch
 
 from ..errors import BenchbdError
 from ..progress import NullProgress
 from .cache import content_key
-
-Write = Callable[[dict], None]
+from .serial import Serial, Write  # noqa: F401 - Serial is one of the executors chosen here
 
 
 def interleave(cells: list) -> list:
@@ -37,19 +35,6 @@ def interleave(cells: list) -> list:
     for i in range(max((len(g) for g in columns), default=0)):
         order += [g[i] for g in columns if i < len(g)]
     return order
-
-
-class Serial:
-    """One cell after another in this process (the default on a CPU or one slot)."""
-
-    def run(self, runner, cells: list, write: Write) -> None:
-        for cell in cells:
-            if runner.out_of_time():
-                return
-            runner.progress.start_cell(cell.label)
-            row = runner.safe_run_cell(cell)
-            write(row)
-            runner.progress.end_cell(runner.summary(row))
 
 
 # ---------------------------------------------------------------- worker processes

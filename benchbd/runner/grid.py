@@ -27,6 +27,7 @@ from ..seeding import derive
 from ..train import BUDGETS, TRAINER_VERSION, Trainer, TrainingDiverged, TrainRecipe, precision_of, resolve_device
 from .cache import Cache, content_key
 from .results import Results
+from .serial import Serial
 
 
 @dataclass
@@ -85,6 +86,17 @@ class Cell:
                 "trainer": TRAINER_VERSION,
             }
         )
+
+
+@dataclass
+class Scores:
+    """A model's numbers on the test set, in %: clean accuracy, attack success rate, robust accuracy
+    (triggered non-target images classified as their true label, BackdoorBench's R-Acc)."""
+
+    ca: float
+    asr: float
+    ra: float
+    n_asr: int
 
 
 @dataclass
@@ -237,8 +249,6 @@ class Runner:
 
         A cell that fails (an exception, a diverging loss, a killed worker) gets a row with
         status "failed" and its reason; the grid goes on, and the next run retries it."""
-        from .executors import Serial
-
         executor = executor or Serial()
         written = []
         with self.results.lock():
@@ -303,18 +313,19 @@ class Runner:
         """The result row of a cell; `outcome`: the cell already defended (by a figure), to evaluate."""
         outcome = outcome or self.defend(cell)
         self.progress.stage("evaluating")
-        ca, asr, n_asr = self.evaluate(outcome.trainer, outcome.model, cell.attack, outcome.splits.test)
+        scores = self.evaluate(outcome.trainer, outcome.model, cell.attack, outcome.splits.test)
         for name, probe in outcome.context.probes.items():  # models inside the defense (T&R's trapped model)
-            probe_ca, probe_asr, _ = self.evaluate(outcome.trainer, probe, cell.attack, outcome.splits.test)
-            outcome.context.metrics.update({f"{name}_asr": probe_asr, f"{name}_ca": probe_ca})
+            inside = self.evaluate(outcome.trainer, probe, cell.attack, outcome.splits.test)
+            outcome.context.metrics.update({f"{name}_asr": inside.asr, f"{name}_ca": inside.ca})
         splits = outcome.splits
         row = {
             **self._identity_row(cell),
             "status": "ok",
-            "ca": ca,
-            "asr": asr,
+            "ca": scores.ca,
+            "asr": scores.asr,
+            "ra": scores.ra,
             "n_test": len(splits.test),
-            "n_asr": n_asr,
+            "n_asr": scores.n_asr,
             "n_train": len(splits.train),
             "n_holdout": len(splits.holdout if outcome.context.holdout is None else outcome.context.holdout),
             "metrics": outcome.context.metrics,
@@ -349,8 +360,8 @@ class Runner:
                 ctx.backdoored_model, cached["backdoored_model"] = self.trained_model(
                     cell, trainer, new_model, "backdoored", {"poison": cell.poison_identity()}, poisoned.plus_clean(splits.holdout)
                 )
-                start_ca, start_asr, _ = self.evaluate(trainer, ctx.backdoored_model, cell.attack, splits.test)
-                ctx.metrics.update(start_asr=start_asr, start_ca=start_ca)  # the model the defense starts from
+                start = self.evaluate(trainer, ctx.backdoored_model, cell.attack, splits.test)
+                ctx.metrics.update(start_asr=start.asr, start_ca=start.ca)  # the model the defense starts from
         if Need.HOLDOUT in needs:
             ctx.holdout = limit_holdout(splits.holdout, cell.dataset.params.holdout_size, seed)
         self.progress.stage(f"defense {cell.defense.name}")
@@ -368,12 +379,17 @@ class Runner:
         return f"cpu ({platform.processor() or platform.machine()})"
 
     @staticmethod
-    def evaluate(trainer: Trainer, model, attack: Attack, test: Split) -> tuple[float, float, int]:
-        """CA on the whole clean test set; ASR on triggered non-target test images. Per sample, in %."""
+    def evaluate(trainer: Trainer, model, attack: Attack, test: Split) -> "Scores":
+        """CA on the whole clean test set; ASR and RA on the triggered non-target test images (one
+        pass: the target, or the true label). Per sample, in %."""
         ca = trainer.accuracy(model, test)
         backdoor = attack.backdoor_test(test)
-        hits = (trainer.predict(model, backdoor.images) == attack.params.target).double()
-        return round(100 * ca, 4), round(100 * hits.mean().item(), 4) if len(hits) else float("nan"), len(hits)
+        predicted = trainer.predict(model, backdoor.images)
+
+        def share(hits: torch.Tensor) -> float:
+            return round(100 * hits.double().mean().item(), 4) if len(hits) else float("nan")
+
+        return Scores(round(100 * ca, 4), share(predicted == attack.params.target), share(predicted == backdoor.labels), len(predicted))
 
     def cell_setup(self, cell: Cell) -> tuple[Splits, Trainer, Callable]:
         """The cell's splits (seeded holdout), trainer and model factory."""

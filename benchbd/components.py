@@ -1,0 +1,76 @@
+"""The built-in registries in one place, imported lazily (so `benchbd --help` stays fast), and the
+one-line summaries `benchbd list` prints and the details `benchbd show KIND NAME` adds."""
+
+from __future__ import annotations
+
+LIST_KINDS = ("attacks", "defenses", "datasets", "models", "budgets")
+NEED_WORDS = {"POISONED_TRAIN": "poisoned", "HOLDOUT": "holdout", "BACKDOORED_MODEL": "model"}
+
+
+def components() -> dict:
+    """kind -> registry, after importing the built-in components (their registration)."""
+    from . import attacks, defenses, models  # noqa: F401
+    from .data import DATASETS
+    from .train import BUDGETS
+
+    return {"attacks": attacks.ATTACKS, "defenses": defenses.DEFENSES, "datasets": DATASETS, "models": models.MODELS, "budgets": BUDGETS}
+
+
+def needs_text(needs) -> str:
+    """A defense's needs in words; 'no data' where it needs no training or clean data (CLP)."""
+    from .defenses import Need
+
+    text = ", ".join(sorted(n.value for n in needs))
+    if not needs & {Need.HOLDOUT, Need.POISONED_TRAIN}:
+        text = f"{text} (no data)" if text else "no data"
+    return text
+
+
+def needs_short(needs) -> str:
+    """A defense's needs in a word each ('model+holdout'); 'model, no data' where it needs no training or clean data (CLP)."""
+    words = sorted(NEED_WORDS[n.name] for n in needs)
+    text = "+".join(words) or "nothing"
+    return text + (", no data" if words == ["model"] else "")
+
+
+def summary_fields(kind: str, entry) -> list[str]:
+    """The short columns of one registered item, before its description."""
+    name = entry.name + (":PATH" if kind == "datasets" and getattr(entry.obj, "takes_path", False) else "")
+    if kind == "attacks":
+        opt_in = entry.obj.group == "paper" and not entry.obj.in_all  # lba_k, clean: named, not in 'all'
+        return [name, entry.obj.group + (" (opt-in)" if opt_in else ""), entry.obj.label_kind().split()[0]]
+    if kind == "defenses":
+        return [name, entry.obj.group, needs_short(entry.obj.needs)]
+    return [name]
+
+
+def listing(kind: str, registry, width: int) -> list[str]:
+    """One line per item, columns aligned, the description cut to `width` with an ellipsis."""
+    rows = [(summary_fields(kind, e), e.description.split("\n")[0]) for e in registry.entries()]
+    widths = [max(len(fields[i]) for fields, _ in rows) for i in range(len(rows[0][0]))] if rows else []
+    lines = []
+    for fields, description in rows:
+        line = "  ".join(f.ljust(w) for f, w in zip(fields, widths)) + "  " + description
+        lines.append(line if len(line) <= width else line[: width - 1] + "…")
+    return lines
+
+
+def details(kind: str, entry) -> list[str]:
+    """What `list` leaves out, for `benchbd show KIND NAME`: aliases, needs, when it acts, source."""
+    out = [f"{entry.name}: {entry.description}"]
+    if entry.aliases:
+        out.append(f"aliases: {', '.join(entry.aliases)}")
+    if kind == "defenses":
+        out += [
+            f"group: {entry.obj.group}" + ("" if entry.obj.group == "paper" else " (not in 'all')"),
+            f"needs: {needs_text(entry.obj.needs)}",
+            f"acts: {entry.obj.scenario()}",
+            f"source: {entry.obj.source}",
+        ]
+    if kind == "attacks":
+        out += [
+            f"group: {entry.obj.group}" + ("" if entry.obj.in_all else " (not in 'all')"),
+            f"labels: {entry.obj.label_kind()}-label",
+            f"source: {entry.obj.source}",
+        ]
+    return out
