@@ -221,10 +221,11 @@ class Trainer:
         n = data if isinstance(data, int) else len(data)
         return self.train_size is None or n >= self.budget.whole_split_share * self.train_size
 
-    def run_epochs(self, name: str, planned: int, data: Split | int) -> int:
-        """The epochs a run of `planned` epochs over `data` takes under the budget; opens the run's
-        entry in `trainings`, whose steps and images `batches` and `fit` count."""
-        epochs = self.budget.epochs(planned, self.whole_split(data))
+    def run_epochs(self, name: str, planned: int, data: Split | int, budgeted: bool = True) -> int:
+        """The epochs a run of `planned` epochs over `data` takes under the budget (`budgeted=False`:
+        rounds the budget does not shorten, as I-BAU's); opens the run's entry in `trainings`, whose
+        steps and images `batches` and `fit` count."""
+        epochs = self.budget.epochs(planned, self.whole_split(data)) if budgeted else planned
         self.trainings.append({"name": name, "planned_epochs": planned, "epochs": epochs, "steps": 0, "images": 0, "cached": False})
         return epochs
 

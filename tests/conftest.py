@@ -38,3 +38,7 @@ def _quiet_threads():
 def random_images(n=8, size=32, seed=0) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randint(0, 256, (n, size, size, 3), dtype=torch.uint8, generator=g)
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):  # tests in parallel worker processes (-n 2): one thread each, no oversubscription
+    torch.set_num_threads(1)

@@ -71,11 +71,61 @@ def test_grid_means_stds_and_average():
     assert grid.std["asr"].at["badnet_grid", "none"] == pytest.approx(2**0.5)
     assert grid.mean["ca"].at["Average", "tnr"] == pytest.approx((81.0 + 85.0) / 2)
     md = render(DATA, "markdown")
-    assert "| badnet_grid | 99.00 ± 1.41 | **89.00 ± 1.41** | **3.00 ± 1.41** | 81.00 ± 1.41 |" in md
-    assert "| blend | 99.00 | **87.00** | **10.00** | 85.00 |" in md
+    assert "| attack | none | tnr |" in md  # one column per defense, ASR / CA in each cell
+    # badnet_grid's tnr is 8 CA points below none: not bold; blend's is within 5: bold
+    assert "| badnet_grid | 99.00 ± 1.41 / 89.00 ± 1.41 (n=2) | 3.00 ± 1.41 / 81.00 ± 1.41 (n=2) |" in md
+    assert "| blend | 99.00 / 87.00 | **10.00** / 85.00 |" in md
 
 
-def test_latex_is_a_well_formed_tabular_with_bold_best():
+def bold_rows(tnr_ca: float) -> pd.DataFrame:
+    """none at CA 90; ft removes the backdoor at CA 86; tnr removes it better at `tnr_ca`."""
+    return rows([("blend", "none", 0, 99.0, 90.0), ("blend", "ft", 0, 8.0, 86.0), ("blend", "tnr", 0, 1.0, tnr_ca)])
+
+
+def test_bold_is_the_lowest_asr_within_five_ca_points_of_the_best_and_never_none():
+    from benchbd.report.tables import bold_defenses
+
+    (paper, baseline) = build_grids(bold_rows(85.5))  # tnr within 5 points of none's 90: the lowest ASR wins
+    assert bold_defenses(paper, "blend") == {"tnr"} and bold_defenses(baseline, "blend") == {"ft"}
+    (paper, _) = build_grids(bold_rows(80.0))  # tnr 10 points below: no defense of its table is bold
+    assert bold_defenses(paper, "blend") == set()
+    assert "**" not in render(bold_rows(80.0), "markdown").split("baselines")[0]
+    md = render(bold_rows(85.5), "markdown")
+    assert "| blend | 99.00 / 90.00 | **1.00** / 85.50 |" in md and "within 5 points of the best CA" in md
+
+
+def test_one_table_per_group_with_none_as_reference():
+    (paper, baseline) = build_grids(bold_rows(85.5))
+    assert (paper.group, paper.defenses) == ("paper", ["none", "tnr"]) and (baseline.group, baseline.defenses) == (
+        "baseline",
+        ["none", "ft"],
+    )
+    md = render(bold_rows(85.5), "markdown")
+    assert "the paper's defenses: ASR / CA in %" in md and "baselines: ASR / CA in %" in md
+
+
+def test_gaps_over_five_points_are_listed_and_linked():
+    md = render(DATA, "markdown", "paper")
+    # blend x tnr: CA 85.00 against the paper's 83.82 (no gap); ASR 10.00 against 10.59 (none)
+    assert "| blend | 99.00 / 87.00 (99.11 / 88.95) | **10.00** / 85.00 (10.59 / 83.82) |" in md
+    assert "- [badnet_grid x none](docs/reproducing.md#gap-cifar10-badnet-grid-none)" not in md  # 89 vs 88.36: no gap
+    gapped = render(DATA.assign(ca=DATA["ca"] - 10), "markdown", "paper")
+    assert "- [blend x tnr](docs/reproducing.md#gap-cifar10-blend-tnr): CA 75.00 vs 83.82 (-8.82)" in gapped
+
+
+def test_seeds_give_mean_std_n_everywhere_and_a_95_interval_in_the_tidy_csv():
+    import io
+
+    frame = pd.read_csv(io.StringIO(render(DATA, "csv")))
+    assert set(frame["metric"]) == {"asr", "ca"} and {"ci95_low", "ci95_high", "seeds", "group", "data_sha256"} <= set(frame.columns)
+    line = frame[(frame["attack"] == "badnet_grid") & (frame["defense"] == "tnr") & (frame["metric"] == "asr")].iloc[0]
+    half = 12.706 * 2**0.5 / 2**0.5  # t(0.975, 1) x std / sqrt(2), std = sqrt(2)
+    assert (line["mean"], line["seeds"]) == (3.0, 2) and line["ci95_low"] == pytest.approx(3.0 - half, abs=1e-3)
+    tex = render(DATA, "latex")
+    assert r"3.00 $\pm$ 1.41" in tex and "(n=2)" in render(DATA, "markdown") and "(n=2)" in render(DATA, "html")
+
+
+def test_latex_is_a_well_formed_tabular_with_sub_columns_and_bold():
     tex = render(DATA, "latex")
     spec = re.search(r"\\begin\{tabular\}\{(lr*)\}", tex).group(1)
     body = [line for line in tex.splitlines() if line.endswith(r"\\")]
@@ -84,7 +134,8 @@ def test_latex_is_a_well_formed_tabular_with_bold_best():
             sum(int(m) for m in re.findall(r"\\multicolumn\{(\d+)\}", line)) + line.count("&") + 1 - len(re.findall(r"\\multicolumn", line))
         )
         assert width == len(spec), line
-    assert r"\textbf{3.00 $\pm$ 1.41}" in tex and r"\textbf{89.00 $\pm$ 1.41}" in tex
+    assert spec == "lrrrr" and r"\multicolumn{2}{c}{none} & \multicolumn{2}{c}{tnr}" in tex and " & ASR & CA & ASR & CA" in tex
+    assert r"\textbf{10.00}" in tex and r"\textbf{3.00" not in tex and r"\textbf{89.00" not in tex
     assert tex.count(r"\begin{tabular}") == tex.count(r"\end{tabular}") == 1
     assert "badnet\\_grid" in tex
 
@@ -95,7 +146,7 @@ def test_compare_paper_sets_numbers_and_differences():
     # the paper's Average is taken over the attacks of this grid, so the rows compare like with like
     assert grid.paper["asr"].at["Average", "tnr"] == pytest.approx((1.21 + 10.59) / 2)
     csv = render(DATA, "csv", compare="paper")
-    line = next(row for row in csv.splitlines() if row.startswith("cifar10,fast,blend,tnr"))
+    line = next(row for row in csv.splitlines() if row.startswith("cifar10,fast,paper,blend,tnr,ca,"))
     assert "83.82" in line and "1.18" in line  # ca 85.00 vs paper 83.82
 
 
@@ -173,7 +224,7 @@ def test_average_covers_only_attacks_every_column_has():
     assert grid.mean["asr"].at["Average", "none"] == pytest.approx((99.0 + 99.0) / 2)  # sig left out for every column
     assert grid.mean["asr"].at["Average", "tnr"] == pytest.approx((3.0 + 10.0) / 2)
     assert grid.paper["asr"].at["Average", "none"] == pytest.approx(grid.paper["asr"].loc[["badnet_grid", "blend"], "none"].mean())
-    average = next(line for line in render(data, "csv").splitlines() if ",Average,none," in line)
+    average = next(line for line in render(data, "csv").splitlines() if ",Average,none,asr," in line)
     assert ",badnet_grid;blend," in average  # the CSV says which attacks its Average covers
     for fmt, marker in (
         ("markdown", "Average: over the 2 attack(s) every column has; left out (a cell failed or is missing): sig"),
@@ -197,3 +248,10 @@ def test_unknown_extra_metric_is_refused():
     with pytest.raises(BenchbdError, match=r"unknown --extra metric 'bogus'; valid: epsilon"):
         render(data, "markdown", extra=("bogus",))
     assert "epsilon" in render(data, "markdown", extra=("epsilon",))
+
+
+def test_documented_deviations_are_footnotes_of_the_tables_that_show_them():
+    data = rows([("blend", "none", 0, 99.0, 80.0), ("blend", "anp", 0, 3.0, 80.0), ("sig", "none", 0, 99.0, 80.0)])
+    md, tex = render(data, "markdown"), render(data, "latex")
+    assert "Note: ANP prunes at the spec's fixed mask threshold 0.2" in md and "Hello-Kitty" in md and "% Note: ANP" in tex
+    assert "NAD's teacher" not in md  # no nad column here

@@ -185,10 +185,11 @@ def test_experiment_table_labels_columns_and_shows_recon_mse(all_run):
     results, _ = all_run
     res = invoke("table", "--results", results, "--experiment", "table8", "--format", "csv")
     assert res.exit_code == 0, res.output
-    table = pd.read_csv(io.StringIO(res.output))
-    assert list(table["defense"]) == ["l1=0", "l1=1", "l1=10 (default)", "l1=20", "l2=0", "l2=0.1 (default)", "l2=1"]
-    assert math.isnan(table.loc[0, "recon_mse"]) and (table.loc[1:, "recon_mse"] > 0).all()
-    assert "Average" not in set(table["attack"])  # one attack: no average row
+    tidy = pd.read_csv(io.StringIO(res.output))
+    table = tidy.pivot_table(index="defense", columns="metric", values="mean", sort=False, dropna=False)
+    assert list(table.index) == ["l1=0", "l1=1", "l1=10 (default)", "l1=20", "l2=0", "l2=0.1 (default)", "l2=1"]
+    assert math.isnan(table.iloc[0]["recon_mse"]) and (table.iloc[1:]["recon_mse"] > 0).all()
+    assert "Average" not in set(tidy["attack"])  # one attack: no average row
 
 
 def test_table10_clean_attack_has_no_asr(all_run):
@@ -196,9 +197,9 @@ def test_table10_clean_attack_has_no_asr(all_run):
     res = invoke("table", "--results", results, "--experiment", "table10")
     assert res.exit_code == 0, res.output
     line = next(row for row in res.output.splitlines() if row.startswith("| clean"))
-    cells = [c.strip() for c in line.strip("|").split("|")]
-    assert cells[1::2] == ["–"] * 4  # ASR undefined without a trigger
-    assert all(float(c.strip("*")) >= 0 for c in cells[2::2])
+    cells = [c.strip() for c in line.strip("|").split("|")][1:]  # one per column of Table 10
+    assert len(cells) >= 2 and [c.split(" / ")[0] for c in cells] == ["–"] * len(cells)  # ASR undefined without a trigger
+    assert all(float(c.split(" / ")[1]) >= 0 for c in cells)
 
 
 def test_experiment_compare_paper_on_a_cifar_slice(tmp_path):
@@ -223,9 +224,9 @@ def test_experiment_compare_paper_on_a_cifar_slice(tmp_path):
     assert res.exit_code == 0, res.output
     res = invoke("table", "--results", tmp_path, "--experiment", "table9", "--compare", "paper", "--format", "csv")
     assert res.exit_code == 0, res.output
-    table = pd.read_csv(io.StringIO(res.output), dtype={"defense": str}).set_index("defense")
-    assert table.loc["250", "ca_paper"] == 72.00 and table.loc["2500", "asr_paper"] == 0.74
-    assert table.loc["500", "ca_diff"] == pytest.approx(table.loc["500", "ca"] - 76.99, abs=1e-3)
+    table = pd.read_csv(io.StringIO(res.output), dtype={"defense": str}).set_index(["defense", "metric"])
+    assert table.loc[("250", "ca"), "paper"] == 72.00 and table.loc[("2500", "asr"), "paper"] == 0.74
+    assert table.loc[("500", "ca"), "diff"] == pytest.approx(table.loc[("500", "ca"), "mean"] - 76.99, abs=1e-3)
 
 
 def test_main_grid_and_experiment_share_cells_and_cache(tmp_path):
@@ -256,7 +257,7 @@ def test_user_experiment_file(tmp_path):
     res = invoke("run", "--experiment", path, *SYN[2:], "--results", tmp_path / "r")
     assert res.exit_code == 0, res.output
     out = invoke("table", "--results", tmp_path / "r", "--experiment", path).output
-    assert "fp-gentle ASR" in out and "ft ASR" in out and "Fine-pruning against fine-tuning" in out
+    assert "| attack | ft | fp-gentle |" in out and "Fine-pruning against fine-tuning" in out
 
 
 @pytest.mark.parametrize(

@@ -30,7 +30,8 @@ FAMILIES = [
     # partly masked training triggers plant the full test trigger (50 and 45 at 10 epochs)
     ("adap_blend", 10, 30, ("attack.adap_blend.poison_ratio=0.1", "attack.adap_blend.cover_ratio=0.1")),
     ("adap_patch", 10, 30, ("attack.adap_patch.poison_ratio=0.1", "attack.adap_patch.cover_ratio=0.1")),
-    ("input_aware", 6, 30, ("attack.input_aware.mask_epochs=3",)),  # its generator trains with the 6 epochs
+    # its generator trains with the 8 epochs; 34.7 here with the official mask threshold (Input-aware version 2)
+    ("input_aware", 8, 30, ("attack.input_aware.mask_epochs=5",)),
 ]
 
 
@@ -65,7 +66,7 @@ def test_the_readme_quick_start_plants_a_backdoor_and_tnr_removes_it(tmp_path):
     planted (ASR above 80 without a defense) and T&R removes it, CA well above chance (10)."""
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     command = next(line for line in readme.splitlines() if line.startswith("pip install -e"))
-    run = next(part for part in command.split("&&") if part.strip().startswith("benchbd run")).split()[2:]
+    run = next(part for part in command.split("&&") if part.strip().startswith("benchbd run")).split()[1:]
     res = CliRunner().invoke(main, [*run, "--results", str(tmp_path), "--cache-dir", str(tmp_path / "cache"), "--quiet"])
     assert res.exit_code == 0, res.output
     rows = {row["defense"]: row for row in Results(tmp_path).rows()}

@@ -54,11 +54,13 @@ def report(tmp_path_factory):
 def test_report_is_one_self_contained_page(report):
     page = report.read_text()
     assert page.startswith("<!DOCTYPE html>") and "<style>" in page
-    assert re.findall(r'(?:src|href)="(?!data:)', page) == [], "every figure is embedded; nothing is fetched"
+    assert re.findall(r'(?:src|href)="(?!data:|#)', page) == [], "every figure is embedded; nothing is fetched"
     assert "http://" not in page and "https://" not in page
     images = re.findall(r'<img src="data:image/png;base64,', page)
     assert len(images) == 2  # the scatter and the gallery
-    assert page.count("<table>") == 1 and "<th>badnet_grid</th>" in page and "<th>blend</th>" in page
+    assert page.count("<table") == 1 and "<th>badnet_grid" in page and "<th>blend" in page
+    # a heat map: each cell coloured by its ASR (2 attacks + Average, 2 defenses; the Average is empty: nothing planted)
+    assert page.count('<td style="background:') == 6 and page.count('<td style="background:hsl(') == 4
     assert "The paper has no numbers for dataset &#x27;synthetic&#x27;" in page
     assert "budget: smoke; dataset: synthetic" in page  # provenance from the rows
 
@@ -76,7 +78,8 @@ def test_report_renders_in_a_headless_browser(report, tmp_path):
     assert ink > 0.01, f"the page rendered blank ({ink:.4f} of the pixels carry ink)"
     assert colour > 0.0002, f"no coloured pixels: the embedded figures did not render ({colour:.5f})"
     dom = headless(exe, "--dump-dom", report.as_uri()).stdout
-    assert dom.count("<table>") == 1 and dom.count("<tr>") >= 3 and "badnet_grid" in dom
+    assert dom.count("<table") == 1 and dom.count("<tr>") >= 3 and "badnet_grid" in dom
+    assert dom.count("background:hsl(") + dom.count("background: hsl(") + dom.count("background-color: rgb(") >= 4  # the heat map
     assert dom.count('<img src="data:image/png;base64,') == 2
 
 

@@ -101,7 +101,7 @@ class Defense(abc.ABC):
     # the defense's terms added (T&R's stage 1: Table 7's adaptive attacker targets exactly it);
     # False where the defense trains with a loss or optimiser of its own (ABL, DP-SGD).
     attacker_controls_training = False
-    group = "paper"  # 'modern': compared with since the paper, selected by `--defenses modern`, not in 'all'
+    group = "paper"  # 'baseline' (ft, fp, dp) is in 'all' too; 'modern': since the paper, `--defenses modern`, not in 'all'
     source = "T&R paper (SPEC 7)"  # where the method and its settings come from
 
     def __init__(self, params: Any, name: str = ""):

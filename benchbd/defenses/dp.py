@@ -45,6 +45,7 @@ class DifferentialPrivacy(Defense):
 
     Params = DpParams
     needs = frozenset({Need.POISONED_TRAIN})
+    group = "baseline"  # not in the paper's Table 1: a baseline every benchmark reports
     version = 2  # 2: an attack's training control (lba_k) no longer acts inside DP-SGD; full batches only
 
     def run(self, ctx):

@@ -56,6 +56,7 @@ class FinePruning(Defense):
 
     Params = FinePruningParams
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
+    group = "baseline"  # not in the paper's Table 1: a baseline every benchmark reports
 
     def run(self, ctx):
         net = ctx.trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)))

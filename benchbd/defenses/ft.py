@@ -25,6 +25,7 @@ class FineTune(Defense):
 
     Params = FineTuneParams
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
+    group = "baseline"  # not in the paper's Table 1: a baseline every benchmark reports
 
     def run(self, ctx):
         model = copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))

@@ -82,7 +82,7 @@ class IBAU(Defense):
         holdout = ctx.need(Need.HOLDOUT)
         shape = (1, 3, *holdout.images.shape[1:3])
         gen = torch.Generator(device=trainer.device).manual_seed(ctx.seed)
-        rounds = trainer.run_epochs("I-BAU rounds", p.rounds, holdout)
+        rounds = trainer.run_epochs("I-BAU rounds", p.rounds, holdout, budgeted=False)  # rounds, not epochs: as before
         trainer.progress.start_run("I-BAU rounds", rounds)
         for round_ in range(rounds):
             d = self.universal_perturbation(trainer, model, holdout, shape, f"ibau:{round_}:search")

@@ -18,7 +18,7 @@ from ..errors import BenchbdError
 from .gallery import attack_gallery, gallery_columns
 from .plots import scatter_figure
 from .publish import provenance
-from .tables import build_grids, html_page, to_html
+from .tables import build_grids, grid_id, html_page, title, to_html
 
 REPORT_STYLE = """
 h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ccc; }
@@ -88,11 +88,15 @@ def report_page(results_dir: Path, runner, compare: str | None = "paper", datase
     parts += [f"<li>{html.escape(line.removeprefix('- '))}</li>\n" for line in provenance(rows[rows["dataset"].isin(shown)])]
     parts.append("</ul>\n<h2>Results</h2>\n")
     if compare == "paper":
-        parts.append("<p>Each cell: ours, the paper's number, and ours minus the paper's (ASR and CA in %).</p>\n")
+        parts.append("<p>The paper's ASR / CA in parentheses; differences over 5 points listed under each table.</p>\n")
+    if len(grids) > 1:  # a table of contents: one link per table
+        links = "".join(f'<li><a href="#{grid_id(g)}">{html.escape(title(g))}</a></li>' for g in grids)
+        parts.append(f"<nav><p>Tables:</p><ul>{links}</ul></nav>\n")
+    parts.append("<p>Each cell is coloured by its ASR (green 0%, red 100%); the numbers are ASR / CA in %.</p>\n")
     parts += [f'<div class="grid">{to_html(grid)}</div>\n' for grid in grids]
     parts.append("<h2>CA against ASR</h2>\n")
     uri = _png(lambda out: scatter_figure(grids, out, "CA against ASR per cell (mean over seeds)"))
-    parts.append(_figure(uri, "scatter of CA against ASR", "One marker per defense, each point labelled with its attack."))
+    parts.append(_figure(uri, "scatter of CA against ASR", "One marker per defense, one colour per attack (both in the legends)."))
     parts.append("<h2>Trigger gallery</h2>\n")
     parts += [_gallery(rows, dataset, runner, warn) for dataset in dict.fromkeys(g.dataset for g in grids)]
     return html_page(f"benchbd report: {results_dir}", "".join(parts), REPORT_STYLE)

@@ -57,25 +57,32 @@ def pca_figure(panels: list[tuple[str, dict[str, torch.Tensor]]], out: Path | st
 
 
 def scatter_figure(grids: list[Grid], out: Path | str, title: str = "") -> Path:
-    """CA against ASR for every (attack, defense) cell (mean over seeds), one marker per defense,
-    each point labelled with its attack, one panel per (dataset, budget)."""
+    """CA against ASR for every (attack, defense) cell (mean over seeds): colour by attack, marker by
+    defense, a legend for each instead of text beside the points (which overlapped); one panel per
+    table (dataset, budget, group of defenses)."""
+    from matplotlib.lines import Line2D
+
     plt = pyplot()
-    fig, axes = plt.subplots(1, len(grids), figsize=(4.6 * len(grids), 4.2), squeeze=False)
+    fig, axes = plt.subplots(1, len(grids), figsize=(4.8 * len(grids), 4.4), squeeze=False)
     for ax, grid in zip(axes[0], grids):
         attacks = [a for a in grid.attacks if a != AVERAGE]
+        colours = {a: plt.cm.tab10(i % 10) for i, a in enumerate(attacks)}
         for i, defense in enumerate(grid.defenses):
             asr = np.nan_to_num(grid.mean["asr"].loc[attacks, defense].to_numpy(dtype=float), nan=0.0)
             ca = grid.mean["ca"].loc[attacks, defense].to_numpy(dtype=float)
-            points = ax.scatter(asr, ca, marker=MARKERS[i % len(MARKERS)], s=28, label=defense, alpha=0.8)
-            for attack, x, y in zip(attacks, asr, ca):
-                if not np.isnan(y):
-                    ax.annotate(attack, (x, y), xytext=(3, 3), textcoords="offset points", fontsize=5, color=points.get_facecolor()[0])
+            ax.scatter(asr, ca, marker=MARKERS[i % len(MARKERS)], s=36, c=[colours[a] for a in attacks], alpha=0.85)
+        by_defense = [
+            Line2D([], [], marker=MARKERS[i % len(MARKERS)], color="0.3", linestyle="", label=d) for i, d in enumerate(grid.defenses)
+        ]
+        by_attack = [Line2D([], [], marker="o", color=colours[a], linestyle="", label=a) for a in attacks]
+        first = ax.legend(handles=by_defense, fontsize=6, title="defense", title_fontsize=7, loc="lower left")
+        ax.add_artist(first)
+        ax.legend(handles=by_attack, fontsize=6, title="attack", title_fontsize=7, loc="lower right")
         ax.set_xlabel("ASR (%)")
         ax.set_ylabel("CA (%)")
         ax.set_xlim(-3, 103)
-        ax.set_title(f"{grid.dataset} ({grid.budget})", fontsize=9)
+        ax.set_title(f"{grid.dataset} ({grid.budget})" + (f", {grid.group}" if grid.group else ""), fontsize=9)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
     return save(fig, out, title)
 
 

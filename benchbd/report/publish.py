@@ -5,6 +5,7 @@ whether the committed text still equals what the rows give."""
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -67,18 +68,29 @@ def page(results_dir: Path) -> str:
         "",
         "## ASR / CA beside the paper's",
         "",
-        render(rows, "markdown", "paper").strip(),
+        render(rows, "markdown", "paper", link=reproducing_link(results_dir)).strip(),
         "",
     ]
     return "\n".join(lines)
 
 
-def block(results_dir: Path) -> str:
+def reproducing_link(where: Path) -> str:
+    """docs/reproducing.md as a relative link from the folder `where` (the gaps' paragraphs), found
+    by walking up to the checkout that holds it; the plain path where there is none."""
+    where = Path(where).resolve()
+    for root in (where, *where.parents):
+        if (root / "docs" / "reproducing.md").is_file():
+            return os.path.relpath(root / "docs" / "reproducing.md", where)
+    return "docs/reproducing.md"
+
+
+def block(results_dir: Path, into: Path) -> str:
     """The shorter form for another file's marked block: the table and where it comes from."""
     from ..runner import Results
 
     rows = Results(results_dir).load()
-    return "\n".join([*provenance(rows), "", render(rows, "markdown", "paper").strip()])
+    link = reproducing_link(Path(into).parent)
+    return "\n".join([*provenance(rows), "", render(rows, "markdown", "paper", link=link).strip()])
 
 
 def splice(text: str, name: str, content: str, where: Path) -> str:
@@ -98,7 +110,7 @@ def publish(results_dir: Path, into: list[Path], check: bool = False) -> list[Pa
     for path in into:
         if not path.is_file():
             raise BenchbdError(f"'{path}' does not exist")
-        targets[path] = splice(path.read_text(), results_dir.name, block(results_dir), path)
+        targets[path] = splice(path.read_text(), results_dir.name, block(results_dir, path), path)
     changed = [path for path, text in targets.items() if not path.is_file() or path.read_text() != text]
     if not check:
         for path in changed:
