@@ -481,21 +481,25 @@ def _writable_dir(path: Path, what: str) -> None:
 @click.option("--data-root", default=None, type=click.Path(file_okay=False), help=DATA_ROOT_HELP + " Used for the trigger gallery.")
 @click.option("--set", "sets", multiple=True, metavar="KIND.NAME.PARAM=VALUE", help=SET_HELP)
 @click.option("--cache-dir", default=None, type=click.Path(file_okay=False), help=CACHE_HELP + " Source of trained triggers (input_aware).")
+@click.option("--gallery/--no-gallery", default=True, show_default=True, help="Draw the trigger gallery (loads data and torch).")
 @plugin_option
-def report(results_dir, out, compare, datasets, budgets, data_root, sets, cache_dir, plugins):
+def report(results_dir, out, compare, datasets, budgets, data_root, sets, cache_dir, gallery, plugins):
     """One self-contained HTML page of a results directory: provenance, every grid beside the paper's,
     the CA-vs-ASR scatter with each point labelled by attack, and the trigger gallery."""
-    _load_plugins(plugins)
-    from .config import Layers, parse_set
     from .report.page import report_page
-    from .runner import Cache, Results, Runner
 
     if compare not in ("paper", "none"):
         raise unknown("--compare source", compare, ["paper", "none"])
     if not Path(results_dir).is_dir():
         raise BenchbdError(f"results directory '{results_dir}' does not exist: run `benchbd run` first or pass --results DIR")
-    cache = Cache(cache_dir or Path(results_dir) / "cache")
-    runner = Runner(Results(results_dir), cache, Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
+    runner = None
+    if gallery:
+        _load_plugins(plugins)
+        from .config import Layers, parse_set
+        from .runner import Cache, Results, Runner
+
+        cache = Cache(cache_dir or Path(results_dir) / "cache")
+        runner = Runner(Results(results_dir), cache, Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
     warn = functools.partial(click.echo, err=True)
     text = report_page(Path(results_dir), runner, None if compare == "none" else compare, _names(datasets), _names(budgets), warn)
     path = Path(out)

@@ -10,8 +10,8 @@ NEED_WORDS = {"POISONED_TRAIN": "poisoned", "HOLDOUT": "holdout", "BACKDOORED_MO
 def components() -> dict:
     """kind -> registry, after importing the built-in components (their registration)."""
     from . import attacks, defenses, models  # noqa: F401
+    from .budgets import BUDGETS
     from .data import DATASETS
-    from .train import BUDGETS
 
     return {"attacks": attacks.ATTACKS, "defenses": defenses.DEFENSES, "datasets": DATASETS, "models": models.MODELS, "budgets": BUDGETS}
 

@@ -1,4 +1,4 @@
-"""The one trainer every method trains through, and the training budgets.
+"""The one trainer every method trains through (budgets: budgets.py).
 
 The whole split is moved to the device once as uint8; batches are gathered, augmented and
 converted there, channels_last; on CUDA also bf16 autocast. The loop does not synchronise with
@@ -13,17 +13,18 @@ from __future__ import annotations
 import math
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Callable, Iterable, Literal, Optional
+from typing import Callable, Iterable, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .budgets import BUDGETS as BUDGETS  # re-exported: the trainer's callers pick budgets here too
+from .budgets import Budget
 from .config import check
 from .data.splits import Split
 from .errors import BenchbdError, did_you_mean
 from .progress import NullProgress
-from .registry import Registry
 from .seeding import generator
 
 # Bump when what a training run computes changes (2: the last partial batch is dropped): it is part
@@ -54,65 +55,6 @@ class TrainRecipe:
         check(self.batch_size >= 2, f"batch_size={self.batch_size} must be at least 2")
         check(self.weight_decay >= 0, f"weight_decay={self.weight_decay} must be >= 0")
         check(list(self.milestones) == sorted(self.milestones), f"milestones={list(self.milestones)} must increase")
-
-
-# Bump when a budget's rule changes (2: `long_run_epochs` shortens passes over the training split
-# only, no longer the defenses' short runs on the holdout): part of every cell's and cached model's key.
-BUDGET_RULES_VERSION = 2
-
-
-@dataclass(frozen=True)
-class Budget:
-    """How long training runs are: every setting of a recipe is kept but its epoch count."""
-
-    description: str
-    # Runs over the training split (at least `whole_split_share` of the training set: normal
-    # training, T&R's stage 1, ABL's isolation and retraining, DP-SGD, retraining after data
-    # cleansing, surrogates) take min(planned, long_run_epochs); runs over the holdout or another
-    # small subset keep their recipe.
-    long_run_epochs: Optional[int] = None
-    max_epochs: Optional[int] = None  # every run is capped at this
-    max_steps_per_epoch: Optional[int] = None
-    whole_split_share: float = 0.5
-
-    def identity(self) -> dict:
-        """What determines the epochs and steps of every run (part of cell and cache keys)."""
-        return {
-            "rules": BUDGET_RULES_VERSION,
-            "long_run_epochs": self.long_run_epochs,
-            "max_epochs": self.max_epochs,
-            "max_steps_per_epoch": self.max_steps_per_epoch,
-            "whole_split_share": self.whole_split_share,
-        }
-
-    def iterations(self, planned: int) -> int:
-        """For methods counted in iterations rather than epochs (ANP): capped like an epoch's steps."""
-        return planned if self.max_steps_per_epoch is None else min(planned, self.max_steps_per_epoch)
-
-    def epochs(self, planned: int, whole_split: bool = True) -> int:
-        """The epochs a run planned at `planned` takes; `whole_split`: the run passes over the training split."""
-        epochs = planned
-        if self.long_run_epochs is not None and whole_split:
-            epochs = min(planned, self.long_run_epochs)
-        if self.max_epochs is not None:
-            epochs = min(epochs, self.max_epochs)
-        return epochs
-
-
-BUDGETS: Registry[Budget] = Registry("budget")
-BUDGETS.register("paper", description="the paper's epochs (SPEC section 5)")(Budget("paper"))
-BUDGETS.register("fast", description="passes over the training split take at most 30 epochs; runs on the holdout keep theirs")(
-    Budget("fast", long_run_epochs=30)
-)
-BUDGETS.register("quick", description="passes over the training split take at most 5 epochs, every run at most 20: the quick start")(
-    Budget("quick", long_run_epochs=5, max_epochs=20)
-)
-BUDGETS.register("demo", description="every run capped at 20 epochs: real but short, for small studies on a CPU")(
-    Budget("demo", max_epochs=20)
-)
-BUDGETS.register("smoke", description="1 epoch of at most 2 steps per run: exercises the code only")(
-    Budget("smoke", max_epochs=1, max_steps_per_epoch=2)
-)
 
 
 def cross_entropy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, gen: torch.Generator) -> torch.Tensor:

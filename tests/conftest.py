@@ -29,6 +29,12 @@ def cifar_slice(tmp_path_factory) -> Path:
     return path
 
 
+def shared_tmp(tmp_path_factory) -> Path:
+    """A folder all parallel test workers of this session see (each worker's own base folder otherwise)."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(autouse=True)
 def _quiet_threads():
     torch.manual_seed(0)

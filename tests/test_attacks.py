@@ -67,13 +67,46 @@ EXPECTED = {
     "clean": lambda x: x,  # no trigger at all
     "bpp": lambda x: finish(np.round(x / 255 * 7) / 7 * 255),  # 8 colour levels per channel
     "adap_blend": lambda x: finish(0.8 * x + 0.2 * 5 * png("blend_kitty_x0.2.png")),  # the whole picture at test_alpha 0.2
-    "adap_patch": lambda x: checker_corner(np.where((png("trojan_sq_9x9.png") > 0).any(-1)[None, :, :, None], png("trojan_sq_9x9.png"), x)),
+    # the official layout: the 5x5 patch in both bottom corners, then 3x3 checkers in all four corners
+    "adap_patch": lambda x: corner_checkers(paste(paste(x, corner_patch(), 27, 0), corner_patch(), 27, 27)),
 }
 
 
-def checker_corner(x, cells=4):
+def corner_patch():
+    """The 5x5 patch: I-BAU's 9x9 Trojan square (rows/cols 21-29 of its file) shrunk by area."""
+    return area_shrink(png("trojan_sq_9x9.png")[21:30, 21:30], 5)
+
+
+def area_shrink(picture, side):
+    """Adaptive average pooling (bins floor(i n / side) to ceil((i + 1) n / side)) of the picture and of its
+    non-black occupancy; pixels under half covered are black, the others the mean of their covered pixels."""
+    n = picture.shape[0]
+    bins = [(i * n // side, -(-(i + 1) * n // side)) for i in range(side)]
+    occupied = (picture > 0).any(-1).astype(np.float64)
+    out = np.zeros((side, side, 3))
+    for i, (r0, r1) in enumerate(bins):
+        for j, (c0, c1) in enumerate(bins):
+            cover = occupied[r0:r1, c0:c1].mean()
+            if cover >= 0.5:
+                out[i, j] = picture[r0:r1, c0:c1].mean(axis=(0, 1)) / cover
+    return np.clip(np.round(out), 0, 255)
+
+
+def paste(x, picture, top, left):
+    """The picture's non-black pixels over x at (top, left), opacity 1."""
     x = x.copy()
-    x[:, 32 - cells :, 32 - cells :, :] = ((np.arange(cells)[:, None] + np.arange(cells)[None, :]) % 2 * 255)[None, :, :, None]
+    h, w = picture.shape[:2]
+    region = x[:, top : top + h, left : left + w]
+    x[:, top : top + h, left : left + w] = np.where((picture > 0).any(-1)[None, :, :, None], picture, region)
+    return x
+
+
+def corner_checkers(x, cells=3):
+    x = x.copy()
+    checker = ((np.arange(cells)[:, None] + np.arange(cells)[None, :]) % 2 * 255)[None, :, :, None]
+    for top in (0, 32 - cells):
+        for left in (0, 32 - cells):
+            x[:, top : top + cells, left : left + cells, :] = checker
     return x
 
 

@@ -48,6 +48,7 @@ def test_run_writes_one_row_per_cell(grid):
     for row in rows:
         assert 0 <= row["asr"] <= 100 and 0 <= row["ca"] <= 100
         assert row["dataset"] == "synthetic" and row["budget"] == "smoke" and row["model"] == "wrn16_1"
+        assert row["defense_group"] == {"none": "paper", "tnr": "paper"}[row["defense"]]  # tables read it, not the registry
         assert row["params"]["attack"] == {"poison_ratio": 0.1, "target": 0}
         assert row["device"] and row["code_sha256"] and row["git_commit"] and row["wall_time_s"] > 0
         assert row["n_test"] == 100 and 0 < row["n_asr"] < 100  # the ASR set leaves out target-class images

@@ -338,7 +338,16 @@ def test_ctrl_c_with_workers_is_one_line_and_keeps_finished_cells(tmp_path):
         "--results",
         str(results),
     ]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # a shell's background jobs and pytest-xdist's workers ignore SIGINT, and a child inherits that: the
+    # user's terminal does not, so the command starts with the default disposition
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     deadline = time.monotonic() + 120
     lines = []
     while time.monotonic() < deadline:  # wait until both workers train

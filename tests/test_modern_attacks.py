@@ -177,6 +177,27 @@ def test_adaptive_patch_trains_on_four_weak_triggers_in_equal_groups():
     assert atk.training_opacities == (0.5, 0.2, 0.5, 0.3) and all(a < 1 for a in atk.training_opacities)
 
 
+def box(mask):
+    rows, cols = np.nonzero(mask.numpy())
+    return (rows.min(), rows.max(), cols.min(), cols.max())
+
+
+def test_adaptive_patch_triggers_sit_where_the_official_ones_do():
+    """The official CIFAR-10 layout: a 5x5 corner patch (rows/cols 27-31), a 13x13 logo (rows 1-13, cols
+    18-30), 3x3 checkers in the four corners, an 8x8 square (rows/cols 21-28); test: the 5x5 patch in both
+    bottom corners plus the checkers. The logo stays clear of the patch and the square."""
+    atk = attacks.create("adap_patch", dataset="cifar10")
+    patch, logo, checkers, square = (mask for _, mask in atk.triggers)
+    assert box(patch) == (27, 31, 27, 31) and box(logo) == (1, 13, 18, 30) and box(square) == (21, 28, 21, 28)
+    corners = [(0, 0), (0, 29), (29, 0), (29, 29)]
+    assert checkers.sum() == 36 and all(checkers[r : r + 3, c : c + 3].all() for r, c in corners)
+    assert not (logo.bool() & (patch.bool() | square.bool())).any()
+    out = atk.apply(torch.zeros(1, 32, 32, 3, dtype=torch.uint8))[0].float().sum(-1)
+    assert out[27:32, 0:5].sum() > 0 and out[27:32, 27:32].sum() > 0  # both bottom corners
+    assert out[0:3, 0:3].sum() > 0 and out[0:3, 29:32].sum() > 0  # top checkers
+    assert out[3:27].sum() == 0  # nothing in between
+
+
 def input_aware_tools(n=96):
     from benchbd.attacks import AttackTools
 

@@ -14,6 +14,7 @@ from benchbd.defenses.clp import conv_bn_pairs
 from benchbd.models import create_model
 from benchbd.runner import Results
 
+from .conftest import REPO
 from .test_cli import SYN
 
 
@@ -77,13 +78,16 @@ def test_defense_groups_and_every_modern_defense_against_every_attack_through_th
     modern = ["ac", "bti_dbf", "clp", "fst", "ftsam", "nc", "rnp", "sau", "spectral"]
     assert groups["modern"] == modern and not set(groups["modern"]) & set(groups["all"])
     assert {"tnr", "ft", "fp", "dp"} <= set(groups["all"])
-    res = CliRunner().invoke(main, ["run", *SYN, "--attacks", "all,modern", "--defenses", "modern", "--results", str(tmp_path)])
+    # 135 cells: a smaller synthetic set than SYN's keeps their evaluations and feature passes short
+    small = ["--set", "dataset.synthetic.n_train=200", "--set", "dataset.synthetic.n_test=40"]
+    res = CliRunner().invoke(main, ["run", *SYN, *small, "--attacks", "all,modern", "--defenses", "modern", "--results", str(tmp_path)])
     assert res.exit_code == 0, res.output
     rows = Results(tmp_path).rows()
     attacks = [n for n in ATTACKS.names() if ATTACKS.get(n).in_all or ATTACKS.get(n).group == "modern"]
     assert len(attacks) == 15 and {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in attacks for d in modern}
     assert all(r["status"] == "ok" for r in rows), [r.get("error") for r in rows]
     assert all("pruned_channels" in r["metrics"] for r in rows if r["defense"] in ("clp", "rnp"))
+    assert all({"rnp_unlearned_asr", "rnp_unlearned_ca"} <= set(r["metrics"]) for r in rows if r["defense"] == "rnp")
     assert all(r["metrics"]["n_clean"] == int(0.4 * r["n_holdout"]) for r in rows if r["defense"] == "fst")
     assert all(r["metrics"]["n_clean"] == int(0.2 * r["n_holdout"]) for r in rows if r["defense"] == "rnp")
     assert all({"nc_anomaly_index", "nc_flagged", "nc_found_target"} <= set(r["metrics"]) for r in rows if r["defense"] == "nc")
@@ -326,9 +330,14 @@ def test_rnp_unlearns_below_the_clean_threshold_then_prunes_the_backdoored_model
         return planted
 
     monkeypatch.setattr(ReconstructiveNeuronPruning, "recover", spy)
+    clips = []  # the official clip call sits between zero_grad and backward: it never clips, nor may ours
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", lambda *args, **kwargs: clips.append(args))
     params = DEFENSES.get("rnp").Params(holdout_share=1.0, batch_size=64, unlearning_lr=0.05)
     ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=copy.deepcopy(backdoored))
     out = DEFENSES.get("rnp")(params, "rnp").run(ctx)
+    assert not clips
+    probe = ctx.probes["rnp_unlearned"]  # the row gets its ASR and CA (rnp_unlearned_asr, rnp_unlearned_ca)
+    assert all(torch.equal(a, b) for a, b in zip(probe.state_dict().values(), seen["unlearned"].state_dict().values()))
     assert ctx.metrics["unlearned_accuracy"] <= 0.2  # unlearning erased the clean task before recovery
     assert trainer.accuracy(seen["unlearned"], holdout) < 0.35
     assert all(0 <= float(m.min()) and float(m.max()) <= 1 for m in seen["masks"].values())
@@ -602,3 +611,76 @@ def test_bti_dbf_caches_its_generator_warm_up_and_reports_the_detected_target():
     assert [c[0] for c in calls] == ["generator_warmup"] and calls[0][1]["n_holdout"] == len(clean)
     assert ctx.metrics["bti_found_target"] == (ctx.metrics["bti_target"] == 0) and "bti_image_mse" in ctx.metrics
     assert any(not torch.equal(a, b) for a, b in zip(out.parameters(), backdoored.parameters()))
+
+
+def test_bti_dbf_unet_is_the_official_network():
+    """The official UNet's output on fixed images, with its weights loaded into ours by name
+    (tests/fixtures/official/bti_dbf_unet.npz, made by tools/official_fixtures.py from
+    xuxiong0214/BTIDBF), and the official parameter count at 32 filters and 4 levels."""
+    from benchbd.defenses.bti_dbf import UNet
+
+    fixture = np.load(REPO / "tests" / "fixtures" / "official" / "bti_dbf_unet.npz")
+    ours = UNet(base=4, levels=2).eval()
+
+    def our_name(official: str) -> str:
+        for old, new in (
+            ("contracting_path.", "down."),
+            ("expanding_path.", "up."),
+            ("bottle_neck_layer.", "bottom."),
+            ("output.", "out."),
+            ("up_sample_tranposed.", "upsample."),
+            ("down_sample.", "block."),
+            ("bn_op_", "norm"),
+        ):
+            official = official.replace(old, new)
+        return official
+
+    state = {our_name(k.removeprefix("param:")): torch.from_numpy(fixture[k]) for k in fixture.files if k.startswith("param:")}
+    assert state.keys() == ours.state_dict().keys()
+    ours.load_state_dict(state)
+    with torch.no_grad():
+        out = ours(torch.from_numpy(fixture["input"]))
+    assert torch.allclose(out, torch.from_numpy(fixture["output"]), atol=1e-5)
+    assert sum(p.numel() for p in UNet().parameters()) == int(fixture["parameters_used_at_32x4"])
+
+
+def test_bti_dbf_measures_images_in_the_classifiers_normalised_units():
+    """The official bounds (0.3 image MSE, 0.1 warm-up switch) and noise (0.03) are in mean/std-normalised
+    units: a shift of 0.1 in [0, 1] pixels is 0.01 of pixel MSE but 0.01 / std^2 here; the generator
+    sees normalised images and hands pixels back."""
+    from benchbd.defenses.bti_dbf import NormalisedGenerator, image_mse, pixel_scale
+
+    model = create_model("wrn16_1", 10, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
+    x = torch.rand(4, 3, 32, 32)
+    want = float(((0.1 / torch.tensor([0.25, 0.2, 0.1])) ** 2).mean())
+    assert abs(float(image_mse(model, x + 0.1, x)) - want) < 1e-5 and want > 0.3  # over the bound; 0.01 in pixels is not
+    assert torch.allclose(pixel_scale(model).flatten(), torch.tensor([0.25, 0.2, 0.1]))
+    seen = []
+    generator = NormalisedGenerator(torch.nn.Identity(), model.normalize)
+    generator.net = type("Spy", (torch.nn.Module,), {"forward": lambda self, z: seen.append(z) or z})()
+    assert torch.allclose(generator(x), x, atol=1e-6)  # identity in normalised units is identity in pixels
+    assert torch.allclose(seen[0], model.normalize(x))
+
+
+def test_bti_dbf_masks_the_spatial_feature_map_before_pooling(monkeypatch):
+    """The official features are the last stage's map before pooling: the benign-feature mask has its
+    shape [1, C, H, W], and features -> logits through pooling gives the model's own logits."""
+    from benchbd.defenses.bti_dbf import BtiDbf
+
+    model = create_model("wrn16_1", 10).eval()
+    x = torch.rand(2, 3, 32, 32)
+    with torch.no_grad():
+        feat = model.spatial_features(x)
+        assert feat.shape == (2, 64, 8, 8) and torch.allclose(model.from_spatial_features(feat), model(x), atol=1e-5)
+    from benchbd.defenses import bti_dbf
+    from benchbd.defenses.bti_dbf import UNet
+
+    trainer, clean, backdoored = toy_backdoored()
+    shapes = []
+    original = bti_dbf.feature_mask
+    monkeypatch.setattr(bti_dbf, "feature_mask", lambda raw: shapes.append(tuple(raw.shape)) or original(raw))
+    gen_net = UNet(base=4, levels=2)
+    params = DEFENSES.get("bti_dbf").Params(batch_size=32, mask_epochs=1, generator_epochs=1)
+    ctx = DefenseContext(trainer, toy_net, 10, 0, holdout=clean)
+    BtiDbf(params, "bti_dbf").invert(ctx, copy.deepcopy(backdoored), gen_net, torch.optim.Adam(gen_net.parameters()), clean, 0, None)
+    assert shapes and set(shapes) == {(1, 3, 8, 8)}  # toy_net's map before flattening: 3 channels at 8x8

@@ -76,3 +76,34 @@ def test_every_published_gap_links_to_its_paragraph_in_reproducing():
         for target, anchor in re.findall(r"\]\(([^)#]*reproducing\.md)#(gap-[^)]+)\)", page.read_text()):
             assert (page.parent / target).resolve() == (REPO / "docs" / "reproducing.md").resolve(), (page, target)
             assert anchor in anchors, f"{page.name}: gap {anchor} has no paragraph in docs/reproducing.md"
+
+
+def test_reading_commands_never_import_torch(tmp_path):
+    """`table`, `publish` and `report --no-gallery` read JSON rows: in a fresh interpreter they finish
+    without torch in sys.modules (its import alone takes seconds): rows record each defense's group, so
+    the tables need no registry."""
+    import shutil
+    import subprocess
+    import sys
+
+    results = tmp_path / "r"
+    shutil.copytree(REPO / "results" / "cifar10-fast", results)
+    script = f"""
+import sys
+from click.testing import CliRunner
+from benchbd.cli import main
+runs = [
+    ["table", "--results", {str(results)!r}, "--metrics", "asr,ca,ra,der", "--compare", "paper"],
+    ["table", "--results", {str(results)!r}, "--format", "latex"],
+    ["publish", {str(results)!r}],
+    ["report", "--results", {str(results)!r}, "--out", {str(tmp_path / "r.html")!r}, "--no-gallery"],
+]
+for args in runs:
+    res = CliRunner().invoke(main, args)
+    assert res.exit_code == 0, (args, res.output)
+print("torch imported" if "torch" in sys.modules else "torch-free")
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "torch-free", out.stdout
+    assert "<h2>Trigger gallery</h2>" not in (tmp_path / "r.html").read_text()

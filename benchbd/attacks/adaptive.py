@@ -14,6 +14,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 
 from ..config import check
 from ..data.splits import PoisonedSplit, Split
@@ -126,19 +127,31 @@ class AdaptiveBlend(AdaptiveAttack):
         return to_uint8(blend(images, self.picture, ones, self.params.test_alpha))
 
 
-def corner_patch(size: int = 32, cells: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
-    """A `cells` x `cells` black-and-white checker in the bottom-right corner and its mask."""
+def place(picture: torch.Tensor, top: int, left: int, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    """A [h, w, 3] picture at (top, left) of a size x size canvas, masked to its non-black pixels."""
+    h, w = picture.shape[:2]
     pattern = torch.zeros(size, size, 3)
-    pattern[size - cells :, size - cells :] = ((torch.arange(cells)[:, None] + torch.arange(cells)[None, :]) % 2 * 255.0)[..., None]
-    mask = torch.zeros(size, size)
-    mask[size - cells :, size - cells :] = 1
-    return pattern, mask
-
-
-def asset_trigger(name: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """A trigger file and its mask: its non-black pixels (the official default without a mask file)."""
-    pattern = load_asset(name)
+    pattern[top : top + h, left : left + w] = picture
     return pattern, (pattern > 0).any(-1).float()
+
+
+def shrink(picture: torch.Tensor, side: int) -> torch.Tensor:
+    """A [h, w, 3] picture resized to side x side by area averaging (pixels under half covered drop to black)."""
+    chw = picture.permute(2, 0, 1)[None]
+    cover = F.interpolate((chw > 0).any(1, keepdim=True).float(), size=(side, side), mode="area")
+    small = F.interpolate(chw, size=(side, side), mode="area") / cover.clamp_min(1e-6)
+    return (small * (cover >= 0.5))[0].permute(1, 2, 0).round().clamp(0, 255)
+
+
+def corner_checkers(size: int = 32, cells: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+    """A `cells` x `cells` black-and-white checker in each of the four corners, and their squares as mask."""
+    checker = ((torch.arange(cells)[:, None] + torch.arange(cells)[None, :]) % 2 * 255.0)[..., None].expand(cells, cells, 3)
+    pattern, mask = torch.zeros(size, size, 3), torch.zeros(size, size)
+    for top in (0, size - cells):
+        for left in (0, size - cells):
+            pattern[top : top + cells, left : left + cells] = checker
+            mask[top : top + cells, left : left + cells] = 1
+    return pattern, mask
 
 
 @dataclass
@@ -151,19 +164,27 @@ class AdaptivePatch(AdaptiveAttack):
     """Adaptive-Patch: four patch triggers at opacities 0.5/0.2/0.5/0.3 in training, two at 1 in test, 0.3% + 0.6% (modern)."""
 
     Params = AdaptivePatchParams
+    version = 2  # 2: the official positions and sizes (1 crowded three triggers into the bottom-right corner)
 
-    # The official corner logos (phoenix, firefox) ship without a licence we can use; in their place
-    # benchbd uses its own MIT trigger files at the official opacities (docs/deviations.md).
-    assets = ("trojan_sq_9x9.png", "trojan_wm.png", "trojan_sq_3x3.npy")
+    # The official logos (phoenix, firefox) ship without a licence we can use: benchbd's own MIT trigger
+    # files stand in for them, at the official positions, sizes and opacities (docs/deviations.md).
+    assets = ("trojan_sq_9x9.png", "trojan_wm.png")
     training_opacities = (0.5, 0.2, 0.5, 0.3)
 
     def __init__(self, params, num_classes, image_size, name="adap_patch"):
         super().__init__(params, num_classes, image_size, name)
-        square = load_asset("trojan_sq_3x3.npy")
-        square_mask = torch.zeros(image_size, image_size)
-        square_mask[25:28, 25:28] = 1
-        self.triggers = [asset_trigger("trojan_sq_9x9.png"), asset_trigger("trojan_wm.png"), corner_patch(), (square, square_mask)]
-        self.test_triggers = [self.triggers[0], self.triggers[2]]
+        square = load_asset("trojan_sq_9x9.png")[21:30, 21:30]  # I-BAU's 9x9 Trojan square
+        patch = shrink(square, 5)
+        logo = shrink(load_asset("trojan_wm.png")[:30, :30], 13)
+        self.triggers = [
+            place(patch, 27, 27),  # the official 5x5 corner patch, rows/cols 27-31
+            place(logo, 1, 18),  # the official 13x13 logo, rows 1-13, cols 18-30
+            corner_checkers(),  # 3x3 checkers in the four corners
+            place(square[:8, :8], 21, 21),  # the official 8x8 square, rows/cols 21-28
+        ]
+        bottom_corners = place(patch, 27, 27)[0] + place(patch, 27, 0)[0]
+        # test: the 5x5 patch in both bottom corners, then the four checkers, each at opacity 1
+        self.test_triggers = [(bottom_corners, (bottom_corners > 0).any(-1).float()), self.triggers[2]]
 
     def training_trigger(self, images, gen):
         """Sample i of N gets trigger j for i < (j + 1) N / 4: four equal groups in order."""

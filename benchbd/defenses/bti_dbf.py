@@ -1,10 +1,12 @@
 """BTI-DBF(U), backdoor trigger inversion by decoupling benign features (Xu et al., ICLR 2024).
 
-The classifier is cut at its penultimate layer, f = h(g(x)). A UNet generator G is first trained
-to be a near-identity map on the clean holdout. Then, for each of 5 rounds, on a copy of the
-current classifier:
-1. decouple benign features: a feature mask m (tanh-parametrised, randomly initialised) trained
-   for 20 epochs with Adam (lr 0.01) on CE(h(m g(x)), y) - CE(h((1 - m) g(x)), y);
+The classifier is cut before its pooling: g(x) is the last feature map [C, H, W], as the official
+`from_input_to_features`, and h pools and classifies. A UNet generator G (the official
+architecture: instance norm, leaky ReLU, 3x3 transposed convolutions) is first trained to be a
+near-identity map on the clean holdout. Then, for each of 5 rounds, on a copy of the current
+classifier:
+1. decouple benign features: a spatial feature mask m (tanh-parametrised, randomly initialised)
+   trained for 20 epochs with Adam (lr 0.01) on CE(h(m g(x)), y) - CE(h((1 - m) g(x)), y);
 2. invert the trigger: G trained for 30 epochs to move the non-benign features
    ((1 - m) g(G(x)) away from (1 - m) g(x)) while keeping the benign ones (weight 0.01); when the
    image MSE exceeds 0.3 or the benign-feature MSE exceeds 3 only the image MSE is minimised; from
@@ -13,10 +15,18 @@ current classifier:
    clean holdout;
 4. unlearn: 30 epochs of Adam (lr 1e-4) on the classifier, 10% + 1 of each batch replaced by G(x),
    loss CE(f(mix), y) + MSE(g(x), g(mix)).
-The generator's warm-up (50 epochs) does not depend on the round and is cached.
+The generator's warm-up (50 epochs; its image term weighs 100 while the image MSE is above 0.1)
+does not depend on the round and is cached.
 
-Official code: xuxiong0214/BTIDBF (pretrain.py, btidbfu.py, evaluate.get_target_label); our UNet
-is written from the description there (4 levels, 32 base filters) and is not a copy.
+Units: the official code feeds mean/std-normalised tensors, so its image bounds (0.3, 0.1) and its
+detection noise (0.03) are in normalised units (about 16 times a [0, 1] pixel MSE on CIFAR-10).
+benchbd runs G on the classifier's own normalisation of the image and measures image differences
+there, so the official constants keep their meaning (version 2; version 1 compared them with [0, 1]
+pixels and allowed about 25 times the image change).
+
+Official code: xuxiong0214/BTIDBF (pretrain.py, btidbfu.py, evaluate.get_target_label,
+models/unet_model.py); our UNet is written from its description and checked against its outputs
+(tests/fixtures/official), not copied.
 """
 
 from __future__ import annotations
@@ -43,11 +53,12 @@ class BtiDbfParams:
     generator_lr: float = 1e-3
     mask_lr: float = 0.01
     unlearning_lr: float = 1e-4
-    norm_bound: float = 0.3  # image MSE above which the generator only shrinks it
+    norm_bound: float = 0.3  # image MSE (normalised units) above which the generator only shrinks it
     feature_bound: float = 3.0  # benign-feature MSE above which likewise
     benign_weight: float = 0.01
     generated_share: float = 0.1  # of each unlearning batch (plus one image) replaced by G(x)
-    detection_noise: float = 0.03
+    detection_noise: float = 0.03  # std of the noise added before target detection, normalised units
+    warmup_switch: float = 0.1  # the warm-up's image term weighs 100 above this image MSE (normalised), 0.01 below
     batch_size: int = 128
     generator_width: int = 32  # the UNet's base filters (official 32)
 
@@ -55,31 +66,49 @@ class BtiDbfParams:
         for name in ("rounds", "pretrain_epochs", "mask_epochs", "generator_epochs", "unlearning_epochs"):
             check(getattr(self, name) >= 1, f"{name}={getattr(self, name)} must be >= 1")
         check(self.norm_bound > 0 and self.feature_bound > 0, "norm_bound and feature_bound must be > 0")
+        check(self.warmup_switch > 0, f"warmup_switch={self.warmup_switch} must be > 0")
         check(0 <= self.generated_share < 1, f"generated_share={self.generated_share} must be in [0, 1)")
         check(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2")
 
 
-def double_conv(cin: int, cout: int) -> nn.Sequential:
-    return nn.Sequential(
-        nn.Conv2d(cin, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-        nn.Conv2d(cout, cout, 3, padding=1, bias=False),
-        nn.BatchNorm2d(cout),
-        nn.ReLU(inplace=True),
-    )
+class ConvBlock(nn.Module):
+    """Two 3x3 convolutions, each followed by an affine instance norm and a leaky ReLU (slope 0.01)."""
+
+    def __init__(self, cin: int, cout: int):
+        super().__init__()
+        self.conv1 = nn.Conv2d(cin, cout, 3, padding=1)
+        self.conv2 = nn.Conv2d(cout, cout, 3, padding=1)
+        self.norm1 = nn.InstanceNorm2d(cout, affine=True)
+        self.norm2 = nn.InstanceNorm2d(cout, affine=True)
+
+    def forward(self, x):
+        x = F.leaky_relu(self.norm1(self.conv1(x)))
+        return F.leaky_relu(self.norm2(self.conv2(x)))
+
+
+class UpBlock(nn.Module):
+    """A 3x3 stride-2 transposed convolution keeping the channels, a leaky ReLU, the skip joined, a ConvBlock."""
+
+    def __init__(self, cin: int, skip: int):
+        super().__init__()
+        self.upsample = nn.ConvTranspose2d(cin, cin, 3, stride=2, padding=1, output_padding=1)
+        self.block = ConvBlock(cin + skip, skip)
+
+    def forward(self, x, skip):
+        return self.block(torch.cat([F.leaky_relu(self.upsample(x)), skip], 1))
 
 
 class UNet(nn.Module):
-    """Image-to-image UNet: `levels` poolings, `base` filters doubling per level; raw output."""
+    """The official image-to-image UNet: `levels` ConvBlocks with 2x max-pooling, `base` filters doubling
+    per level (at most 512), a bottleneck of twice the last width, UpBlocks back up; raw 1x1 output."""
 
     def __init__(self, base: int = 32, levels: int = 4):
         super().__init__()
-        widths = [base * 2**i for i in range(levels)]
-        self.down = nn.ModuleList(double_conv(cin, cout) for cin, cout in zip([3, *widths[:-1]], widths))
-        self.bottom = double_conv(widths[-1], 2 * widths[-1])
-        self.up = nn.ModuleList(nn.ConvTranspose2d(2 * w, w, 2, stride=2) for w in reversed(widths))
-        self.merge = nn.ModuleList(double_conv(2 * w, w) for w in reversed(widths))
+        widths = [min(base * 2**i, 512) for i in range(levels)]
+        self.down = nn.ModuleList(ConvBlock(cin, cout) for cin, cout in zip([3, *widths[:-1]], widths))
+        self.bottom = ConvBlock(widths[-1], 2 * widths[-1])
+        ins = [2 * widths[-1], *reversed(widths[1:])]
+        self.up = nn.ModuleList(UpBlock(cin, skip) for cin, skip in zip(ins, reversed(widths)))
         self.out = nn.Conv2d(widths[0], 3, 1)
 
     def forward(self, x):
@@ -89,9 +118,41 @@ class UNet(nn.Module):
             skips.append(x)
             x = F.max_pool2d(x, 2)
         x = self.bottom(x)
-        for up, merge, skip in zip(self.up, self.merge, reversed(skips)):
-            x = merge(torch.cat([up(x), skip], 1))
+        for up, skip in zip(self.up, reversed(skips)):
+            x = up(x, skip)
         return self.out(x)
+
+
+def pixel_scale(classifier: nn.Module) -> torch.Tensor | float:
+    """The classifier's per-channel std [1, 3, 1, 1] (1 when it does not normalise): an image
+    difference divided by it is in the normalised units the official constants are written in."""
+    normalize = getattr(classifier, "normalize", None)
+    return normalize.std if normalize is not None and normalize.enabled else 1.0
+
+
+def image_mse(classifier: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """MSE between two pixel batches in the classifier's normalised units."""
+    scale = pixel_scale(classifier)
+    return F.mse_loss(a / scale, b / scale)
+
+
+class NormalisedGenerator(nn.Module):
+    """G as the official code runs it, on mean/std-normalised images; pixels in, pixels out."""
+
+    def __init__(self, net: nn.Module, normalize: nn.Module):
+        super().__init__()
+        self.net = net
+        enabled = getattr(normalize, "enabled", False)
+        self.register_buffer("mean", normalize.mean.clone() if enabled else torch.zeros(1, 3, 1, 1))
+        self.register_buffer("std", normalize.std.clone() if enabled else torch.ones(1, 3, 1, 1))
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std) * self.std + self.mean
+
+
+def feature_mask(raw: torch.Tensor) -> torch.Tensor:
+    """The official bounded mask, tanh(raw) / (2 + 1e-7) + 0.5."""
+    return torch.tanh(raw) / (2 + 1e-7) + 0.5
 
 
 @DEFENSES.register("bti_dbf", aliases=("btidbf", "bti"))
@@ -102,6 +163,7 @@ class BtiDbf(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Xu et al., ICLR 2024"
+    version = 2  # 2: bounds and noise in normalised units, spatial features, the official UNet (1: [0, 1] pixels, pooled features)
 
     def run(self, ctx):
         p, trainer = self.params, ctx.trainer
@@ -109,13 +171,15 @@ class BtiDbf(Defense):
         classifier = trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive(ctx.seed, "init:bti_generator"))
-            gen_net = trainer.prepare(UNet(base=p.generator_width))
+            gen_net = trainer.prepare(NormalisedGenerator(UNet(base=p.generator_width), classifier.normalize))
         warm = {
+            "version": self.version,
             "pretrain_epochs": p.pretrain_epochs,
             "generator_lr": p.generator_lr,
             "batch_size": p.batch_size,
             "n_holdout": len(holdout),
             "width": p.generator_width,
+            "warmup_switch": p.warmup_switch,
         }
         ctx.cached_model("generator_warmup", warm, gen_net, lambda g: self.warm_up(ctx, classifier, g, holdout))
         gen_optimizer = torch.optim.Adam(gen_net.parameters(), lr=p.generator_lr)
@@ -131,12 +195,12 @@ class BtiDbf(Defense):
             ctx.metrics["bti_found_target"] = target == ctx.attack_target
         with torch.no_grad():
             x = next(trainer.inputs(holdout.images[: p.batch_size]))[1]
-            ctx.metrics["bti_image_mse"] = round(float(F.mse_loss(gen_net.eval()(x), x)), 5)
+            ctx.metrics["bti_image_mse"] = round(float(image_mse(classifier, gen_net.eval()(x), x)), 5)  # normalised units
         return classifier
 
     def warm_up(self, ctx, classifier, gen_net, holdout) -> None:
         """G towards identity: outputs (as the official code: CE between the softmax outputs),
-        features and image alike; the image term weighs 100 while its MSE is above 0.1."""
+        features and image alike; the image term weighs 100 while its MSE is above `warmup_switch`."""
         p, trainer = self.params, ctx.trainer
         frozen = copy.deepcopy(classifier).eval().requires_grad_(False)
         optimizer = torch.optim.Adam(gen_net.parameters(), lr=p.generator_lr)
@@ -146,10 +210,11 @@ class BtiDbf(Defense):
             gen_net.train()
             for x, _ in trainer.batches(holdout, p.batch_size, f"bti:warm:{epoch}", augment=True):
                 out = gen_net(x)
-                feat, out_feat = frozen.penultimate(x), frozen.penultimate(out)
-                pred = F.cross_entropy(F.softmax(frozen.classifier(feat), 1), F.softmax(frozen.classifier(out_feat), 1))
-                norm = F.mse_loss(out, x)
-                loss = pred + F.mse_loss(out_feat, feat) + (100 if float(norm.detach()) > 0.1 else 0.01) * norm
+                feat, out_feat = frozen.spatial_features(x), frozen.spatial_features(out)
+                logits, out_logits = frozen.from_spatial_features(feat), frozen.from_spatial_features(out_feat)
+                pred = F.cross_entropy(F.softmax(logits, 1), F.softmax(out_logits, 1))
+                norm = image_mse(frozen, out, x)
+                loss = pred + F.mse_loss(out_feat, feat) + (100 if float(norm.detach()) > p.warmup_switch else 0.01) * norm
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -160,7 +225,7 @@ class BtiDbf(Defense):
         """Steps 1-2 on a copy of the current classifier: the benign feature mask, then G."""
         p, trainer = self.params, ctx.trainer
         inverse = copy.deepcopy(classifier).requires_grad_(False)
-        shape = inverse.eval().penultimate(next(trainer.inputs(holdout.images[:1]))[1]).shape
+        shape = inverse.eval().spatial_features(next(trainer.inputs(holdout.images[:1]))[1]).shape  # [1, C, H, W]
         raw = torch.randn(shape, generator=generator(ctx.seed, f"bti:mask:{round_}")).to(trainer.device).requires_grad_()
         mask_optimizer = torch.optim.Adam([raw], lr=p.mask_lr)
         epochs = trainer.run_epochs(f"BTI-DBF round {round_ + 1}: benign features", p.mask_epochs, holdout)
@@ -168,15 +233,17 @@ class BtiDbf(Defense):
         for epoch in range(epochs):
             inverse.train()  # as the official code: batch statistics while the mask learns
             for x, y in trainer.batches(holdout, p.batch_size, f"bti:mask:{round_}:{epoch}", augment=True):
-                mask = torch.tanh(raw) / 2 + 0.5
-                feat = inverse.penultimate(x)
-                loss = F.cross_entropy(inverse.classifier(mask * feat), y) - F.cross_entropy(inverse.classifier((1 - mask) * feat), y)
+                mask = feature_mask(raw)
+                feat = inverse.spatial_features(x)
+                loss = F.cross_entropy(inverse.from_spatial_features(mask * feat), y) - F.cross_entropy(
+                    inverse.from_spatial_features((1 - mask) * feat), y
+                )
                 mask_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 mask_optimizer.step()
             trainer.progress.advance(1, f"epoch {epoch + 1}/{epochs}")
         trainer.progress.end_run()
-        mask = (torch.tanh(raw) / 2 + 0.5).detach()
+        mask = feature_mask(raw).detach()
         inverse.eval()
         epochs = trainer.run_epochs(f"BTI-DBF round {round_ + 1}: trigger generator", p.generator_epochs, holdout)
         trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: trigger generator", epochs)
@@ -184,16 +251,16 @@ class BtiDbf(Defense):
             gen_net.train()
             for x, y in trainer.batches(holdout, p.batch_size, f"bti:gen:{round_}:{epoch}", augment=True):
                 out = gen_net(x)
-                feat, out_feat = inverse.penultimate(x), inverse.penultimate(out)
+                feat, out_feat = inverse.spatial_features(x), inverse.spatial_features(out)
                 benign = F.mse_loss(mask * feat, mask * out_feat)
                 shifted = F.mse_loss((1 - mask) * feat, (1 - mask) * out_feat)
-                norm = F.mse_loss(x, out)
+                norm = image_mse(inverse, x, out)
                 if float(norm.detach()) > p.norm_bound or float(benign.detach()) > p.feature_bound:
                     loss = norm
                 else:
                     loss = -shifted + p.benign_weight * benign
                 if round_ > 0:
-                    loss = loss + F.cross_entropy(inverse.classifier(out_feat), torch.full_like(y, target))
+                    loss = loss + F.cross_entropy(inverse.from_spatial_features(out_feat), torch.full_like(y, target))
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -202,13 +269,14 @@ class BtiDbf(Defense):
 
     @torch.no_grad()
     def detect_target(self, ctx, classifier, gen_net, holdout) -> int:
-        """The most frequent prediction on G(x + 0.03 noise) over the clean holdout."""
+        """The most frequent prediction on G(x + 0.03 noise) over the clean holdout (noise in normalised units)."""
         trainer, gen = ctx.trainer, generator(ctx.seed, "bti:detect", ctx.trainer.device)
         classifier.eval()
         gen_net.eval()
         counts = torch.zeros(ctx.num_classes, dtype=torch.long)
         for _, x in trainer.inputs(holdout.images, self.params.batch_size):
-            noisy = x + self.params.detection_noise * torch.randn(x.shape, generator=gen, device=x.device)
+            noise = self.params.detection_noise * pixel_scale(classifier) * torch.randn(x.shape, generator=gen, device=x.device)
+            noisy = x + noise
             counts += torch.bincount(classifier(gen_net(noisy)).argmax(1).cpu(), minlength=ctx.num_classes)
         return int(counts.argmax())
 
@@ -228,8 +296,8 @@ class BtiDbf(Defense):
                 mixed = x.clone()
                 with torch.no_grad():
                     mixed[chosen] = gen_net(x[chosen])
-                feat, mixed_feat = classifier.penultimate(x), classifier.penultimate(mixed)
-                loss = F.cross_entropy(classifier.classifier(mixed_feat), y) + F.mse_loss(mixed_feat, feat)
+                feat, mixed_feat = classifier.spatial_features(x), classifier.spatial_features(mixed)
+                loss = F.cross_entropy(classifier.from_spatial_features(mixed_feat), y) + F.mse_loss(mixed_feat, feat)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

@@ -180,7 +180,7 @@ class Membership:
             raise BenchbdError(f"'{self.path}' is not valid JSON; delete it and run the experiment again") from None
 
     def add(self, column_keys: dict[str, typing.Iterable[str]]) -> None:
-        from ..runner.cache import atomic_write_bytes
+        from ..runner.files import atomic_write_bytes
 
         merged = self.read()
         for column, keys in column_keys.items():

@@ -67,6 +67,22 @@ class SplitNet(nn.Module):
             x = unit(x)
         return self.tail[:-1](x)
 
+    def _spatial_end(self) -> int:
+        """Index into `tail` of its first pooling or flattening module: before it, features keep their map."""
+        kinds = (nn.AdaptiveAvgPool2d, nn.AvgPool2d, nn.AdaptiveMaxPool2d, nn.MaxPool2d, nn.Flatten)
+        return next((i for i, module in enumerate(self.tail) if isinstance(module, kinds)), len(self.tail) - 1)
+
+    def spatial_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last feature map before pooling, [N, C, H, W] (the official BTI-DBF's `from_input_to_features`)."""
+        x = self.normalize(x)
+        for unit in self.units:
+            x = unit(x)
+        return self.tail[: self._spatial_end()](x)
+
+    def from_spatial_features(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from `spatial_features`: pooling and the classifier."""
+        return self.tail[self._spatial_end() :](features)
+
     @property
     def classifier(self) -> nn.Module:
         """The final layer of the tail: penultimate features -> logits."""

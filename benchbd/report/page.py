@@ -15,7 +15,6 @@ from typing import Callable
 import pandas as pd
 
 from ..errors import BenchbdError
-from .gallery import attack_gallery, gallery_columns
 from .plots import scatter_figure
 from .publish import provenance
 from .tables import build_grids, grid_id, html_page, title, to_html
@@ -53,6 +52,7 @@ def _gallery(rows: pd.DataFrame, dataset: str, runner, warn: Callable[[str], Non
     """The trigger gallery of a dataset's attacks, drawn on one of its test images; a note instead
     when the dataset cannot be loaded here (the rows may come from another machine)."""
     from ..config import Layers
+    from .gallery import attack_gallery, gallery_columns
 
     try:
         _, name, _, data = runner.dataset(dataset)
@@ -78,7 +78,7 @@ def _gallery(rows: pd.DataFrame, dataset: str, runner, warn: Callable[[str], Non
 
 
 def report_page(results_dir: Path, runner, compare: str | None = "paper", datasets=None, budgets=None, warn=print) -> str:
-    """The whole HTML document of a results directory."""
+    """The whole HTML document of a results directory; without a `runner`, no trigger gallery."""
     from ..runner import Results
 
     rows = Results(results_dir).load()
@@ -97,6 +97,7 @@ def report_page(results_dir: Path, runner, compare: str | None = "paper", datase
     parts.append("<h2>CA against ASR</h2>\n")
     uri = _png(lambda out: scatter_figure(grids, out, "CA against ASR per cell (mean over seeds)"))
     parts.append(_figure(uri, "scatter of CA against ASR", "One marker per defense, one colour per attack (both in the legends)."))
-    parts.append("<h2>Trigger gallery</h2>\n")
-    parts += [_gallery(rows, dataset, runner, warn) for dataset in dict.fromkeys(g.dataset for g in grids)]
+    if runner is not None:  # the gallery draws triggers: the only part that needs the registry (and torch)
+        parts.append("<h2>Trigger gallery</h2>\n")
+        parts += [_gallery(rows, dataset, runner, warn) for dataset in dict.fromkeys(g.dataset for g in grids)]
     return html_page(f"benchbd report: {results_dir}", "".join(parts), REPORT_STYLE)

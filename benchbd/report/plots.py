@@ -5,12 +5,15 @@ Figure 2 (stem features by PCA), a CA-against-ASR scatter of a results directory
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from .figures import pyplot, save
 from .tables import AVERAGE, Grid
+
+if TYPE_CHECKING:  # torch only where features and images are drawn: the scatter of a report needs none
+    import torch
 
 GROUP_STYLE = {  # Figure 2's three groups
     "clean target": dict(color="tab:blue", marker="o"),
@@ -25,6 +28,8 @@ def pca_projection(features: torch.Tensor, components: int = 2) -> tuple[torch.T
 
     Returns (coordinates [N, components], share of the variance each component explains).
     Components are sign-fixed (largest loading positive) so figures do not flip between runs."""
+    import torch
+
     x = features.reshape(len(features), -1).double()
     x = x - x.mean(0, keepdim=True)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
@@ -38,6 +43,8 @@ def pca_projection(features: torch.Tensor, components: int = 2) -> tuple[torch.T
 def pca_figure(panels: list[tuple[str, dict[str, torch.Tensor]]], out: Path | str, title: str = "") -> Path:
     """One panel per model: its features of each group, projected by a PCA fitted on that model's
     features of all groups together."""
+    import torch
+
     plt = pyplot()
     fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
     for ax, (label, groups) in zip(axes[0], panels):

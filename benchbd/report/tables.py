@@ -62,18 +62,28 @@ GROUP_TITLES = {"paper": "the paper's defenses", "baseline": "baselines", "moder
 
 
 def defense_group(name: str) -> str:
-    """A registered defense's group; 'other' for a name this process does not know (a plugin not loaded)."""
+    """A registered defense's group; 'other' for a name this process does not know (a plugin not loaded).
+    Imports the registry (and torch): tables read the group their rows record instead."""
     from ..components import components
 
     registry = components()["defenses"]
     return registry.get(name).group if name in registry.names() else "other"
 
 
+def recorded_groups(rows: pd.DataFrame) -> dict[str, str]:
+    """Defense name -> group as the rows record it (`defense_group`), the registry's for older rows."""
+    recorded = rows.get("defense_group", pd.Series(index=rows.index, dtype=object))
+    groups = {}
+    for name, group in zip(rows["defense_name"], recorded):
+        if isinstance(group, str):
+            groups.setdefault(name, group)
+    return {name: groups.get(name) or defense_group(name) for name in _ordered(rows["defense_name"])}
+
+
 def _group_parts(rows: pd.DataFrame, experiment: bool):
     """(group, rows) per group of defenses, each with the `none` rows as the reference column, in the
     order paper, baseline, modern, others; an experiment's columns stay one table."""
-    names = _ordered(rows["defense_name"])
-    groups = {name: defense_group(name) for name in names if name != "none"}
+    groups = {name: group for name, group in recorded_groups(rows).items() if name != "none"}
     if experiment or not groups:
         yield "", rows
         return
@@ -90,7 +100,7 @@ def provenance_of(rows: pd.DataFrame, budget: str) -> dict:
     def values(column: str, length: int | None = None) -> list[str]:
         return sorted({str(v)[:length] for v in rows[column].dropna()}) if column in rows else []
 
-    from ..train import BUDGETS
+    from ..budgets import BUDGETS
 
     rule = next((e.description for e in BUDGETS.entries() if e.name == budget), "")
     return {

@@ -20,7 +20,7 @@ import torch
 
 from ..errors import BenchbdError
 from ..progress import NullProgress
-from .cache import content_key
+from .files import content_key
 from .serial import Serial, Write  # noqa: F401 - Serial is one of the executors chosen here
 
 

@@ -17,6 +17,7 @@ from typing import Callable
 import torch
 
 from ..attacks import ATTACKS, Attack, AttackTools, attack_groups
+from ..budgets import BUDGETS
 from ..config import Layers, as_dict
 from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, limit_holdout, parse_dataset_spec, split_holdout
 from ..defenses import DEFENSES, Defense, DefenseContext, Need, defense_groups
@@ -24,8 +25,9 @@ from ..errors import BenchbdError
 from ..models import MODELS, create_model
 from ..progress import NullProgress
 from ..seeding import derive
-from ..train import BUDGETS, TRAINER_VERSION, Trainer, TrainingDiverged, TrainRecipe, precision_of, resolve_device
-from .cache import Cache, content_key
+from ..train import TRAINER_VERSION, Trainer, TrainingDiverged, TrainRecipe, precision_of, resolve_device
+from .cache import Cache
+from .files import content_key
 from .results import Results
 from .serial import Serial
 
@@ -289,6 +291,7 @@ class Runner:
             "paper_dataset": cell.dataset.paper_dataset or cell.dataset_name,
             "attack": cell.attack.name,
             "defense": cell.defense.name,
+            "defense_group": cell.defense.group,  # tables group columns by it without importing the registry
             "seed": cell.seed,
             "budget": cell.budget,
             "model": cell.model_name,

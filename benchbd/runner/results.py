@@ -17,7 +17,7 @@ from typing import Callable
 import pandas as pd
 
 from ..errors import BenchbdError
-from .cache import atomic_write_bytes
+from .files import atomic_write_bytes
 
 
 def _stderr(text: str) -> None:
