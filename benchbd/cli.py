@@ -78,13 +78,16 @@ def list_cmd(kind: str, plugins):
     `benchbd show attack|defense|dataset NAME`)."""
     import shutil
 
-    from .components import LIST_KINDS, listing
+    from .components import LIST_KINDS, listing, stored_summaries, summaries
+    from .registry import installed_plugins
 
-    _load_plugins(plugins)
-    registries = _components()
-    if kind not in registries:
+    if kind not in LIST_KINDS:
         raise unknown("list kind", kind, LIST_KINDS)
-    for line in listing(kind, registries[kind], shutil.get_terminal_size((100, 24)).columns):
+    rows = None if plugins or installed_plugins() else stored_summaries(kind)  # built-ins only: no import
+    if rows is None:
+        _load_plugins(plugins)
+        rows = summaries(kind, _components()[kind])
+    for line in listing(kind, rows, shutil.get_terminal_size((100, 24)).columns):
         click.echo(line)
 
 

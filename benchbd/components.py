@@ -1,7 +1,15 @@
 """The built-in registries in one place, imported lazily (so `benchbd --help` stays fast), and the
-one-line summaries `benchbd list` prints and the details `benchbd show KIND NAME` adds."""
+one-line summaries `benchbd list` prints and the details `benchbd show KIND NAME` adds.
+
+The summaries of the built-in components are also kept in `listing.json` beside this file, so
+`benchbd list` answers without importing them (and torch); a test holds the file to the registry,
+and `python -m benchbd.components` rewrites it. With plugins (`--plugin`, or installed entry
+points) `list` imports everything and lists from the registries."""
 
 from __future__ import annotations
+
+import json
+from importlib import resources
 
 LIST_KINDS = ("attacks", "defenses", "datasets", "models", "budgets")
 NEED_WORDS = {"POISONED_TRAIN": "poisoned", "HOLDOUT": "holdout", "BACKDOORED_MODEL": "model"}
@@ -44,9 +52,39 @@ def summary_fields(kind: str, entry) -> list[str]:
     return [name]
 
 
-def listing(kind: str, registry, width: int) -> list[str]:
+def summaries(kind: str, registry, built_in_only: bool = False) -> list[tuple[list[str], str]]:
+    """(short columns, first line of the description) per registered item, in registry order;
+    `built_in_only`: leave out what plugins registered in this process."""
+    entries = [e for e in registry.entries() if not built_in_only or e.module.startswith("benchbd.")]
+    return [(summary_fields(kind, e), e.description.split("\n")[0]) for e in entries]
+
+
+def summary_index() -> dict[str, list]:
+    """Every kind's summaries of the built-in components: what `listing.json` holds."""
+    registries = components()
+    return {kind: [[f, d] for f, d in summaries(kind, registries[kind], built_in_only=True)] for kind in LIST_KINDS}
+
+
+def index_text(index: dict[str, list]) -> str:
+    """`listing.json`'s text: one item per line, so a change to one component is a one-line diff."""
+    kinds = [
+        f"{json.dumps(kind)}: [\n" + ",\n".join(f"  {json.dumps(row, ensure_ascii=False)}" for row in rows) + "\n ]"
+        for kind, rows in index.items()
+    ]
+    return "{\n " + ",\n ".join(kinds) + "\n}\n"
+
+
+def stored_summaries(kind: str) -> list[tuple[list[str], str]] | None:
+    """The built-in components' summaries from `listing.json`; None when it cannot be read."""
+    try:
+        index = json.loads(resources.files("benchbd").joinpath("listing.json").read_text())
+        return [(list(fields), description) for fields, description in index[kind]]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def listing(kind: str, rows: list[tuple[list[str], str]], width: int) -> list[str]:
     """One line per item, columns aligned, the description cut to `width` with an ellipsis."""
-    rows = [(summary_fields(kind, e), e.description.split("\n")[0]) for e in registry.entries()]
     widths = [max(len(fields[i]) for fields, _ in rows) for i in range(len(rows[0][0]))] if rows else []
     lines = []
     for fields, description in rows:
@@ -74,3 +112,9 @@ def details(kind: str, entry) -> list[str]:
             f"source: {entry.obj.source}",
         ]
     return out
+
+
+if __name__ == "__main__":  # python -m benchbd.components: rewrite listing.json from the registry
+    path = resources.files("benchbd").joinpath("listing.json")
+    path.write_text(index_text(summary_index()))
+    print(f"wrote {path}")

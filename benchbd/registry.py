@@ -111,6 +111,11 @@ class Registry(Generic[T]):
 _loaded_entry_points = False
 
 
+def installed_plugins() -> list[str]:
+    """The plugin entry points installed in this environment (not loaded)."""
+    return [ep.value for ep in importlib.metadata.entry_points(group=PLUGIN_GROUP)]
+
+
 def load_plugins(modules: Iterable[str] = ()) -> list[str]:
     """Import plugins from the entry-point group (once) and the named modules; return their names."""
     global _loaded_entry_points

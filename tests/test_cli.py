@@ -185,6 +185,20 @@ def test_list_shows_every_kind():
         assert res.exit_code == 0 and expected in res.output
 
 
+def test_list_reads_the_stored_summaries_and_they_match_the_registry():
+    """`benchbd list` answers from benchbd/listing.json (no component import, no torch): the file must say
+    what the registry says (`python -m benchbd.components` rewrites it), and a plugin's components
+    still show, because plugins make `list` import everything."""
+    from importlib import resources
+
+    from benchbd.components import index_text, summary_index
+
+    stored = resources.files("benchbd").joinpath("listing.json").read_text()
+    assert stored == index_text(summary_index()), "benchbd/listing.json is stale: run `python -m benchbd.components`"
+    res = CliRunner().invoke(main, ["list", "defenses", "--plugin", str(PLUGIN)], env={"COLUMNS": "300"})
+    assert res.exit_code == 0 and "reinit_fc" in res.output and "tnr" in res.output
+
+
 def test_help_lists_commands():
     out = invoke("--help").output
     assert all(cmd in out for cmd in ("run", "table", "list"))

@@ -79,9 +79,9 @@ def test_every_published_gap_links_to_its_paragraph_in_reproducing():
 
 
 def test_reading_commands_never_import_torch(tmp_path):
-    """`table`, `publish` and `report --no-gallery` read JSON rows: in a fresh interpreter they finish
-    without torch in sys.modules (its import alone takes seconds): rows record each defense's group, so
-    the tables need no registry."""
+    """`table`, `publish` and `report --no-gallery` read JSON rows, `list` the stored summaries: in a fresh
+    interpreter they finish without torch in sys.modules (its import alone takes seconds): rows record
+    each defense's group, so the tables need no registry."""
     import shutil
     import subprocess
     import sys
@@ -97,6 +97,8 @@ runs = [
     ["table", "--results", {str(results)!r}, "--format", "latex"],
     ["publish", {str(results)!r}],
     ["report", "--results", {str(results)!r}, "--out", {str(tmp_path / "r.html")!r}, "--no-gallery"],
+    ["list", "defenses"],
+    ["list", "attacks"],
 ]
 for args in runs:
     res = CliRunner().invoke(main, args)
