@@ -599,20 +599,13 @@ def cell_options(default_defense: str):
     return decorate
 
 
-def _defend_all(runner, quiet: bool, dataset, attack, defenses: list[str], seed, budget):
+def _figure_runner(results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet):
     from .progress import NullProgress, RichProgress
-    from .runner.inspect import defend_one
 
-    progress = NullProgress() if quiet else RichProgress()
-    runner.progress = progress
-    with progress:
-        progress.start_grid(len(defenses))
-        out = []
-        for defense in defenses:
-            progress.start_cell(f"{dataset} / {attack} / {defense} / seed {seed}")
-            out.append(defend_one(runner, dataset, attack, defense, seed, budget))
-            progress.end_cell("trained")
-    return out
+    _load_plugins(plugins)
+    runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
+    runner.progress = NullProgress() if quiet else RichProgress()
+    return runner
 
 
 @plot.command("pca")
@@ -647,33 +640,12 @@ def plot_pca(
 ):
     """Stem features of clean target-class, clean source-class and poisoned source-class test images,
     projected by PCA: the --versus model beside the --defense model (the paper's Figure 2)."""
-    _load_plugins(plugins)
-    import torch
-
     from .report.plots import pca_figure
-    from .runner.inspect import stem_features
+    from .runner.inspect import pca_panels
 
-    runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
-    _, name, _, data = runner.dataset(dataset)  # --source is checked before anything trains
-    target = runner.attack(attack, name, data).params.target
-    classes = [c for c in range(len(data.classes)) if c != target]
-    source = classes[0] if source is None else source
-    if source not in classes:
-        raise BenchbdError(f"--source {source} is invalid: valid classes other than the target {target}: 0..{len(data.classes) - 1}")
-    trained = _defend_all(runner, quiet, dataset, attack, [versus, defense], seed, budget)
-    cell, outcome = trained[-1]
-    test = outcome.splits.test
-    source_images = test.images[test.labels == source]
-    triggered = cell.attack.apply(source_images)
-    if torch.equal(triggered, source_images):
-        raise BenchbdError(f"attack {cell.attack.name} changes no image, so there is no poisoned group to plot")
-    groups = {"clean target": test.images[test.labels == target], "clean source": source_images, "poisoned source": triggered}
-    panels = [
-        (label, {name: stem_features(o, images, split) for name, images in groups.items()})
-        for label, (_, o) in zip((versus, defense), trained)
-    ]
-    path = pca_figure(panels, out, f"{cell.dataset_name} / {cell.attack.name}: stem features (target {target}, source {source})")
-    click.echo(f"wrote {path}")
+    runner = _figure_runner(results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet)
+    panels, title = pca_panels(runner, dataset, attack, [versus, defense], seed, budget, source, split)
+    click.echo(f"wrote {pca_figure(panels, out, title)}")
 
 
 @plot.command("recon")
@@ -686,21 +658,11 @@ def plot_recon(
     dataset, attack, defense, seed, budget, results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet, count, out
 ):
     """Test images, clean and triggered, and their reconstructions by T&R's stage-1 decoder (Figure 4)."""
-    _load_plugins(plugins)
     from .report.plots import recon_figure
-    from .runner.inspect import reconstructions
+    from .runner.inspect import reconstruction_rows
 
-    if count < 1:
-        raise BenchbdError(f"--count {count} is invalid: must be at least 1")
-    runner = _runner(results_dir, cache_dir, data_root, device, config_file, sets)
-    ((cell, outcome),) = _defend_all(runner, quiet, dataset, attack, [defense], seed, budget)
-    test = outcome.splits.test
-    images = test.images[test.labels != cell.attack.params.target][:count]
-    clean, clean_rec = reconstructions(outcome, images)
-    triggered, triggered_rec = reconstructions(outcome, cell.attack.apply(images))
-    rows = [("clean", clean), ("reconstructed", clean_rec), ("triggered", triggered), ("reconstructed", triggered_rec)]
-    mse = outcome.context.metrics.get("recon_mse")
-    title = f"{cell.dataset_name} / {cell.attack.name} / {defense}" + (f": holdout recon MSE {mse:.4f}" if mse is not None else "")
+    runner = _figure_runner(results_dir, cache_dir, data_root, device, config_file, sets, plugins, quiet)
+    rows, title = reconstruction_rows(runner, dataset, attack, defense, seed, budget, count)
     click.echo(f"wrote {recon_figure(rows, out, title)}")
 
 

@@ -10,6 +10,56 @@ from ..models.base import SplitNet
 from .grid import Cell, Defended, Runner
 
 
+def defend_all(runner: Runner, dataset: str, attack: str, defenses: list[str], seed: int, budget: str) -> list[tuple[Cell, Defended]]:
+    """`defend_one` for each defense in turn, under the runner's progress display."""
+    progress = runner.progress
+    with progress:
+        progress.start_grid(len(defenses))
+        out = []
+        for defense in defenses:
+            progress.start_cell(f"{dataset} / {attack} / {defense} / seed {seed}")
+            out.append(defend_one(runner, dataset, attack, defense, seed, budget))
+            progress.end_cell("trained")
+    return out
+
+
+def pca_panels(runner: Runner, dataset: str, attack: str, defenses: list[str], seed: int, budget: str, source, split):
+    """Figure 2's data: per defended model, stem features of clean target-class, clean source-class
+    and triggered source-class test images; returns (panels, title). `source` (a class other than
+    the target; default the first) is checked before anything trains."""
+    _, name, _, data = runner.dataset(dataset)
+    target = runner.attack(attack, name, data).params.target
+    classes = [c for c in range(len(data.classes)) if c != target]
+    source = classes[0] if source is None else source
+    if source not in classes:
+        raise BenchbdError(f"--source {source} is invalid: valid classes other than the target {target}: 0..{len(data.classes) - 1}")
+    trained = defend_all(runner, dataset, attack, defenses, seed, budget)
+    cell, outcome = trained[-1]
+    test = outcome.splits.test
+    source_images = test.images[test.labels == source]
+    triggered = cell.attack.apply(source_images)
+    if torch.equal(triggered, source_images):
+        raise BenchbdError(f"attack {cell.attack.name} changes no image, so there is no poisoned group to plot")
+    groups = {"clean target": test.images[test.labels == target], "clean source": source_images, "poisoned source": triggered}
+    panels = [(label, {g: stem_features(o, images, split) for g, images in groups.items()}) for label, (_, o) in zip(defenses, trained)]
+    return panels, f"{cell.dataset_name} / {cell.attack.name}: stem features (target {target}, source {source})"
+
+
+def reconstruction_rows(runner: Runner, dataset: str, attack: str, defense: str, seed: int, budget: str, count: int):
+    """Figure 4's data: `count` non-target test images, clean and triggered, each above its stage-1
+    reconstruction; returns (rows, title)."""
+    if count < 1:
+        raise BenchbdError(f"--count {count} is invalid: must be at least 1")
+    ((cell, outcome),) = defend_all(runner, dataset, attack, [defense], seed, budget)
+    test = outcome.splits.test
+    images = test.images[test.labels != cell.attack.params.target][:count]
+    clean, clean_rec = reconstructions(outcome, images)
+    triggered, triggered_rec = reconstructions(outcome, cell.attack.apply(images))
+    rows = [("clean", clean), ("reconstructed", clean_rec), ("triggered", triggered), ("reconstructed", triggered_rec)]
+    mse = outcome.context.metrics.get("recon_mse")
+    return rows, f"{cell.dataset_name} / {cell.attack.name} / {defense}" + (f": holdout recon MSE {mse:.4f}" if mse is not None else "")
+
+
 def defend_one(runner: Runner, dataset: str, attack: str, defense: str, seed: int, budget: str) -> tuple[Cell, Defended]:
     """Plan and defend one cell; `defense` may carry settings: 'tnr[rec_weight=0, tv_weight=0]'.
     The cell's result row is written too if the results directory lacks it."""
