@@ -395,6 +395,13 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
         layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
         for line in component_details(what, name):
             click.echo(line)
+        if what in ("attack", "defense"):
+            from .components import components
+            from .fidelity import card_line
+
+            line = card_line(what, components()[f"{what}s"].resolve(name))
+            if line:
+                click.echo(line)
         Console().print(parameter_table(what, name, dataset, layers))
         return
     from .config import Layers, parse_set

@@ -47,3 +47,30 @@ def test_every_registered_name_has_a_description(registry):
     assert registry.names()
     for entry in registry.entries():
         assert entry.description, f"{registry.kind} {entry.name} has no description"
+
+
+def test_every_method_has_a_fidelity_card_naming_tests_that_exist():
+    """benchbd/fidelity.yaml: one card per built-in attack and defense, each check a test of this suite,
+    docs/fidelity.md generated from the cards and the committed rows, and `show` prints the card."""
+    import re
+
+    from click.testing import CliRunner
+
+    from benchbd.attacks import ATTACKS
+    from benchbd.cli import main
+    from benchbd.defenses import DEFENSES
+    from benchbd.fidelity import cards, document
+
+    from .conftest import REPO
+
+    built_in = {
+        kind: {e.name for e in registry.entries() if e.module.startswith("benchbd.")}
+        for kind, registry in (("attacks", ATTACKS), ("defenses", DEFENSES))
+    }
+    assert {kind: set(methods) for kind, methods in cards().items()} == built_in
+    tests = {m for f in (REPO / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)}
+    named = {check.split("[")[0] for methods in cards().values() for card in methods.values() for check in card["checks"]}
+    assert named <= tests, sorted(named - tests)
+    assert (REPO / "docs" / "fidelity.md").read_text() == document(REPO / "results"), "run `python -m benchbd.fidelity`"
+    res = CliRunner().invoke(main, ["show", "defense", "bti"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "fidelity: official xuxiong0214/BTIDBF@e680dda" in res.output
