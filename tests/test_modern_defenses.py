@@ -684,3 +684,38 @@ def test_bti_dbf_masks_the_spatial_feature_map_before_pooling(monkeypatch):
     ctx = DefenseContext(trainer, toy_net, 10, 0, holdout=clean)
     BtiDbf(params, "bti_dbf").invert(ctx, copy.deepcopy(backdoored), gen_net, torch.optim.Adam(gen_net.parameters()), clean, 0, None)
     assert shapes and set(shapes) == {(1, 3, 8, 8)}  # toy_net's map before flattening: 3 channels at 8x8
+
+
+def official(name):
+    """An official-output fixture (tools/official_fixtures.py wrote it by running the official code)."""
+    return np.load(REPO / "tests" / "fixtures" / "official" / f"{name}.npz")
+
+
+def test_nc_mad_test_gives_the_official_anomaly_index_and_flags():
+    """bolunwang/backdoor's outlier_detection on fixed mask norms: one clear outlier, one at 2.9, none."""
+    from benchbd.defenses.nc import anomaly
+
+    fixture = official("nc_mad")
+    for norms, index, flagged in zip(fixture["norms"], fixture["anomaly_index"], fixture["flagged"]):
+        ours, labels = anomaly(torch.tensor(norms), 2.0)
+        assert abs(ours - index) < 1e-5, (ours, index)  # the official prints 6 decimals
+        assert labels == [int(i) for i in np.nonzero(flagged)[0]]
+
+
+def test_clp_prunes_the_channels_the_official_code_prunes():
+    """rkteddy's CLP on a seeded conv -> BN -> ReLU -> conv -> BN network (a planted high-bound channel per
+    layer) at u = 3 and u = 0: the same BN channels zeroed."""
+    fixture = official("clp_bound")
+    for u in (3, 0):
+        net = torch.nn.Sequential(
+            torch.nn.Conv2d(3, 16, 3, padding=1),
+            torch.nn.BatchNorm2d(16),
+            torch.nn.ReLU(),
+            torch.nn.Conv2d(16, 16, 3, padding=1),
+            torch.nn.BatchNorm2d(16),
+        )
+        net.load_state_dict({k.removeprefix("state:"): torch.from_numpy(fixture[k]) for k in fixture.files if k.startswith("state:")})
+        ctx = DefenseContext(None, None, 10, 0, backdoored_model=net)
+        out = DEFENSES.get("clp")(DEFENSES.get("clp").Params(u=float(u)), "clp").run(ctx)
+        zeroed = np.stack([(out[i].weight == 0).numpy() for i in (1, 4)])
+        assert (zeroed == fixture[f"zeroed_u{u}"]).all(), (u, np.nonzero(zeroed), np.nonzero(fixture[f"zeroed_u{u}"]))

@@ -1,6 +1,8 @@
 """Official-output fixtures: run a method's official code on fixed inputs, store inputs and outputs.
 
     python tools/official_fixtures.py bti_dbf_unet --checkout PATH/TO/xuxiong0214/BTIDBF
+    python tools/official_fixtures.py nc_mad --checkout PATH/TO/bolunwang/backdoor
+    python tools/official_fixtures.py clp_bound --checkout PATH/TO/rkteddy/channel-Lipschitzness-based-pruning
 
 Each fixture is an .npz under tests/fixtures/official/ holding the inputs, the official outputs (and
 weights, where a network is compared), the official repository and its commit; the tests feed
@@ -11,6 +13,10 @@ the fixtures are data, with this command as their recipe.
 from __future__ import annotations
 
 import argparse
+import ast
+import contextlib
+import copy
+import io
 import subprocess
 import sys
 from pathlib import Path
@@ -49,7 +55,72 @@ def bti_dbf_unet(checkout: Path) -> dict[str, np.ndarray]:
     return out
 
 
-FIXTURES = {"bti_dbf_unet": (bti_dbf_unet, "xuxiong0214/BTIDBF")}
+def official_function(path: Path, name: str, namespace: dict):
+    """A top-level function of an official file, compiled alone (the file's own imports, e.g. keras,
+    are not needed by it and may not be installed)."""
+    tree = ast.parse(path.read_text())
+    node = next(n for n in tree.body if isinstance(n, ast.FunctionDef) and n.name == name)
+    exec(compile(ast.Module(body=[node], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace[name]
+
+
+# Mask L1 norms of ten labels: one clear outlier, one near the threshold 2, an even count (numpy's
+# median is the mean of the two middle values), a case with nothing flagged.
+NC_NORMS = [
+    [92.0, 101.0, 18.0, 97.0, 88.0, 110.0, 95.0, 104.0, 99.0, 90.0],
+    [50.0, 61.0, 58.0, 47.0, 66.0, 63.0, 55.0, 60.0, 38.0, 57.0],
+    [20.0, 21.0, 22.0, 23.0, 24.0, 25.0, 26.0, 27.0, 28.0, 29.0],
+]
+
+
+def nc_mad(checkout: Path) -> dict[str, np.ndarray]:
+    """Neural Cleanse's MAD test (mad_outlier_detection.outlier_detection) on fixed mask norms: the
+    anomaly index and the flagged labels it prints, per case."""
+    test = official_function(checkout / "mad_outlier_detection.py", "outlier_detection", {"np": np})
+    indices, flagged = [], []
+    for norms in NC_NORMS:
+        out = io.StringIO()
+        with contextlib.redirect_stdout(out):
+            test(np.array(norms), {label: label for label in range(len(norms))})
+        lines = out.getvalue().splitlines()
+        indices.append(float(next(line for line in lines if line.startswith("anomaly index:")).split(":")[1]))
+        listed = next(line for line in lines if line.startswith("flagged label list:")).split(":", 1)[1]
+        labels = [int(item.split(":")[0]) for item in listed.split(",") if item.strip()]
+        flagged.append([1 if label in labels else 0 for label in range(len(norms))])
+    return {"norms": np.array(NC_NORMS), "anomaly_index": np.array(indices), "flagged": np.array(flagged)}
+
+
+def clp_bound(checkout: Path) -> dict[str, np.ndarray]:
+    """CLP (defense.CLP) on a seeded conv -> BN -> ReLU -> conv -> BN network with drawn BN statistics and
+    one planted high-bound channel per layer, at u = 3 and u = 0: which BN channels it zeroes."""
+    from torch import nn
+
+    clp = official_function(checkout / "defense.py", "CLP", {"torch": torch, "nn": nn})
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(), nn.Conv2d(16, 16, 3, padding=1), nn.BatchNorm2d(16))
+    with torch.no_grad():
+        for bn in (net[1], net[4]):
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.2, 0.2)
+            bn.running_mean.uniform_(-0.5, 0.5)
+            bn.running_var.uniform_(0.5, 2.0)
+        net[0].weight[5] *= 8  # a channel with a far larger Lipschitz bound
+        net[3].weight[11] *= 8
+    state = {f"state:{k}": v.detach().clone().numpy() for k, v in net.state_dict().items()}
+    zeroed = {}
+    for u in (3.0, 0.0):
+        pruned = copy.deepcopy(net)
+        with contextlib.redirect_stdout(io.StringIO()):
+            clp(pruned, u)
+        zeroed[f"zeroed_u{int(u)}"] = np.stack([(pruned[i].weight == 0).numpy() for i in (1, 4)])
+    return {**state, **zeroed}
+
+
+FIXTURES = {
+    "bti_dbf_unet": (bti_dbf_unet, "xuxiong0214/BTIDBF"),
+    "nc_mad": (nc_mad, "bolunwang/backdoor"),
+    "clp_bound": (clp_bound, "rkteddy/channel-Lipschitzness-based-pruning"),
+}
 
 
 def main(argv: list[str] | None = None) -> int:
