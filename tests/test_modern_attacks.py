@@ -268,3 +268,31 @@ def test_modern_attacks_run_through_the_cli_and_the_defenses(tmp_path):
     assert re.search(r"^wanet +modern +dirty +WaNet", res.output, re.M), res.output
     res = CliRunner().invoke(main, ["show", "attack", "wanet"])
     assert "Nguyen" in res.output and "group: modern (not in 'all')" in res.output
+
+
+def test_input_aware_generator_is_the_official_network():
+    """VinAIResearch's Generator (tests/fixtures/official/input_aware_generator.npz, from
+    tools/official_fixtures.py): built after the same seed, benchbd's pattern network has the same
+    state entry for entry (so the same layers in the same order), the same output, and the same BN
+    momentum (0.05) after one training pass."""
+    import importlib
+    import sys
+
+    from benchbd.attacks.input_aware import TriggerNet
+
+    from .conftest import REPO
+
+    sys.path.insert(0, str(REPO / "tools"))
+    draw_bn_statistics = importlib.import_module("official_fixtures").draw_bn_statistics
+    fixture = np.load(REPO / "tests" / "fixtures" / "official" / "input_aware_generator.npz")
+    torch.manual_seed(0)
+    net = TriggerNet(3)
+    draw_bn_statistics(net)
+    sums = np.array([float(v.double().sum()) for v in net.state_dict().values()])
+    assert sums.shape == fixture["state_sums"].shape and np.allclose(sums, fixture["state_sums"], rtol=1e-6)
+    x = torch.from_numpy(fixture["input"])
+    with torch.no_grad():
+        assert torch.allclose(net.eval().pattern(x), torch.from_numpy(fixture["output"]), atol=1e-5)
+        net.train()(x)
+    first_bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    assert torch.allclose(first_bn.running_mean, torch.from_numpy(fixture["first_bn_mean_after_train_pass"]), atol=1e-6)

@@ -3,6 +3,7 @@
     python tools/official_fixtures.py bti_dbf_unet --checkout PATH/TO/xuxiong0214/BTIDBF
     python tools/official_fixtures.py nc_mad --checkout PATH/TO/bolunwang/backdoor
     python tools/official_fixtures.py clp_bound --checkout PATH/TO/rkteddy/channel-Lipschitzness-based-pruning
+    python tools/official_fixtures.py input_aware_generator --checkout PATH/TO/VinAIResearch/input-aware-backdoor-attack-release
 
 Each fixture is an .npz under tests/fixtures/official/ holding the inputs, the official outputs (and
 weights, where a network is compared), the official repository and its commit; the tests feed
@@ -116,10 +117,46 @@ def clp_bound(checkout: Path) -> dict[str, np.ndarray]:
     return {**state, **zeroed}
 
 
+def input_aware_generator(checkout: Path) -> dict[str, np.ndarray]:
+    """Input-aware's Generator (networks/models.py, CIFAR-10, 3 output channels) built right after
+    torch.manual_seed(0), its BN statistics then drawn module by module: its eval-mode output
+    (tanh(z) / (2 + eps) + 0.5) on two seeded images, the sum of every state entry in module order
+    (the weights themselves would be 2.7 MB: a network built in the same order from the same seed has
+    them), and the first BN's running mean after one train-mode pass (its momentum)."""
+    import types
+
+    sys.path.insert(0, str(checkout))
+    from networks.models import Generator  # the official module, from the checkout
+
+    torch.manual_seed(0)
+    net = Generator(types.SimpleNamespace(dataset="cifar10", input_channel=3))
+    draw_bn_statistics(net)
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    sums = np.array([float(v.double().sum()) for v in net.state_dict().values()])
+    with torch.no_grad():
+        y = net.eval()(x)
+        net.train()(x)
+    first_bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    return {"input": x.numpy(), "output": y.numpy(), "state_sums": sums, "first_bn_mean_after_train_pass": first_bn.running_mean.numpy()}
+
+
+def draw_bn_statistics(net: torch.nn.Module) -> None:
+    """BN affine parameters and running statistics away from their defaults, module by module, from
+    the global generator (the tests draw them the same way for benchbd's network)."""
+    with torch.no_grad():
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.uniform_(-0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+
+
 FIXTURES = {
     "bti_dbf_unet": (bti_dbf_unet, "xuxiong0214/BTIDBF"),
     "nc_mad": (nc_mad, "bolunwang/backdoor"),
     "clp_bound": (clp_bound, "rkteddy/channel-Lipschitzness-based-pruning"),
+    "input_aware_generator": (input_aware_generator, "VinAIResearch/input-aware-backdoor-attack-release"),
 }
 
 

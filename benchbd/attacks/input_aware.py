@@ -54,7 +54,8 @@ class InputAwareParams(AttackParams):
 
 
 def conv_block(cin: int, cout: int, relu: bool = True) -> nn.Sequential:
-    layers = [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout)]
+    """3x3 conv, BN (momentum 0.05, as the official blocks.py), ReLU unless last."""
+    layers = [nn.Conv2d(cin, cout, 3, 1, 1), nn.BatchNorm2d(cout, momentum=0.05)]
     return nn.Sequential(*layers, nn.ReLU(inplace=True)) if relu else nn.Sequential(*layers)
 
 
@@ -121,7 +122,7 @@ class InputAware(PerBatchAttack):
     group = "modern"
     sample_specific = True
     source = "Nguyen & Tran, NeurIPS 2020"
-    version = 2  # 2: the mask thresholds the mask network's tanh output, as the official code (not its raw output)
+    version = 3  # 3: BN momentum 0.05 as the official blocks; 2: the mask thresholds the mask network's tanh output
 
     def __init__(self, params, num_classes, image_size, name="input_aware"):
         super().__init__(params, num_classes, image_size, name)
