@@ -116,6 +116,16 @@ def _parse_seeds(text: str) -> list[int]:
 )
 @click.option("--attacks", default=None, help="Comma-separated attack names, or 'all' [default: badnet_grid, or the experiment's].")
 @click.option("--defenses", default=None, help="Comma-separated defense names, or 'all' [default: none,tnr].")
+@click.option(
+    "--detectors",
+    default=None,
+    help="Also run these input-level detectors (comma-separated, or 'all') on each cell's backdoored model: one row per detector.",
+)
+@click.option(
+    "--retune",
+    is_flag=True,
+    help="Add the retuning check (Min et al., NeurIPS 2024) to every defended cell; adds `none`, which holds the controls.",
+)
 @click.option("--experiment", default=None, help="A named experiment (see `benchbd experiments`) or an experiment YAML file.")
 @click.option("--seeds", default=None, help="Seeds: 0 or 0,1,2 or 0-4 [default: 0, or the experiment's].")
 @click.option("--budget", default="fast", show_default=True, help="Training budget: paper, fast, demo, smoke.")
@@ -150,6 +160,8 @@ def run(
     datasets,
     attacks,
     defenses,
+    detectors,
+    retune,
     experiment,
     seeds,
     budget,
@@ -192,15 +204,19 @@ def run(
                 "(copy its YAML file to change them)"
             )
         chosen = experiments.load(experiment)
+        if detectors or retune:
+            raise BenchbdError("--detectors and --retune cannot be combined with --experiment yet: run them as a grid")
         cells, members = experiments.plan(chosen, runner, budget, seed_list, dataset_list, attacks)
         columns = {key: name for name, keys in reversed(members.items()) for key in keys}
     else:
         cells = runner.plan(
             dataset_list or ["cifar10-mini"],
             "badnet_grid" if attacks is None else attacks,
-            "none,tnr" if defenses is None else defenses,
+            ("" if detectors else "none,tnr") if defenses is None else defenses,
             seed_list or [0],
             budget,
+            detectors=detectors,
+            retune=retune,
         )
     if dry_run:
         _print_plan(cells, results, columns)
@@ -273,7 +289,8 @@ def _print_plan(cells, results, columns: dict[str, str]) -> None:
         todo += not done
         status = "done" if done else ("failed earlier: to run" if results.has(cell.key) else "to run")
         table.add_row(
-            cell.dataset_name, cell.attack.name, cell.defense.name, columns.get(cell.key, ""), str(cell.seed), cell.budget, status
+            cell.dataset_name, cell.attack.name, f"detector {cell.detector.name}" if cell.detector else cell.defense.name,
+            columns.get(cell.key, ""), str(cell.seed), cell.budget, status,
         )
     Console().print(table)  # the terminal's real width (COLUMNS when set); rich wraps cells to fit
     click.echo(f"{todo} of {len(cells)} cell(s) to run")
@@ -382,14 +399,14 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
     difference). `show attack|defense|dataset NAME`: the component's parameters, resolved for
     --dataset, with their defaults and the layer each value comes from."""
     _load_plugins(plugins)
-    if what in ("attack", "defense", "dataset", "train"):
+    if what in ("attack", "defense", "dataset", "detector", "train"):
         from .config import Layers, load_user_config, parse_set
         from .describe import component_details, parameter_table
 
         if not name:
             raise BenchbdError(
                 f"show {what} needs a name, e.g. `benchbd show {what} "
-                + {"attack": "blend", "defense": "nad", "dataset": "cifar10", "train": "normal"}[what]
+                + {"attack": "blend", "defense": "nad", "dataset": "cifar10", "detector": "strip", "train": "normal"}[what]
                 + "`"
             )
         layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
@@ -409,7 +426,7 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
     from .runner import Cache, Results, Runner
 
     if what != "attacks":
-        raise unknown("thing to show", what, ["attacks", "attack", "defense", "dataset", "train"])
+        raise unknown("thing to show", what, ["attacks", "attack", "defense", "dataset", "detector", "train"])
     cache = Cache(cache_dir or Path(results_dir) / "cache")
     runner = Runner(Results(results_dir), cache, Layers(cli=parse_set(sets)), Path(data_root) if data_root else None, "cpu")
     cells = runner.plan([dataset], attacks, "none", [0], budget)

@@ -11,17 +11,24 @@ from __future__ import annotations
 import json
 from importlib import resources
 
-LIST_KINDS = ("attacks", "defenses", "datasets", "models", "budgets")
+LIST_KINDS = ("attacks", "defenses", "detectors", "datasets", "models", "budgets")
 NEED_WORDS = {"POISONED_TRAIN": "poisoned", "HOLDOUT": "holdout", "BACKDOORED_MODEL": "model"}
 
 
 def components() -> dict:
     """kind -> registry, after importing the built-in components (their registration)."""
-    from . import attacks, defenses, models  # noqa: F401
+    from . import attacks, defenses, detectors, models  # noqa: F401
     from .budgets import BUDGETS
     from .data import DATASETS
 
-    return {"attacks": attacks.ATTACKS, "defenses": defenses.DEFENSES, "datasets": DATASETS, "models": models.MODELS, "budgets": BUDGETS}
+    return {
+        "attacks": attacks.ATTACKS,
+        "defenses": defenses.DEFENSES,
+        "detectors": detectors.DETECTORS,
+        "datasets": DATASETS,
+        "models": models.MODELS,
+        "budgets": BUDGETS,
+    }
 
 
 def needs_text(needs) -> str:
@@ -49,6 +56,8 @@ def summary_fields(kind: str, entry) -> list[str]:
         return [name, entry.obj.group + (" (opt-in)" if opt_in else ""), entry.obj.label_kind().split()[0]]
     if kind == "defenses":
         return [name, entry.obj.group, needs_short(entry.obj.needs)]
+    if kind == "detectors":
+        return [name, f"{entry.obj(entry.obj.Params()).forward_passes()} passes"]
     return [name]
 
 
@@ -103,6 +112,11 @@ def details(kind: str, entry) -> list[str]:
             f"group: {entry.obj.group}" + ("" if entry.obj.group == "paper" else " (not in 'all')"),
             f"needs: {needs_text(entry.obj.needs)}",
             f"acts: {entry.obj.scenario()}",
+            f"source: {entry.obj.source}",
+        ]
+    if kind == "detectors":
+        out += [
+            f"extra forward passes per input: {entry.obj(entry.obj.Params()).forward_passes()} (at the defaults)",
             f"source: {entry.obj.source}",
         ]
     if kind == "attacks":

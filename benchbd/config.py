@@ -21,7 +21,7 @@ import yaml
 
 from .errors import BenchbdError, did_you_mean
 
-KINDS = ("attack", "defense", "dataset", "train")
+KINDS = ("attack", "defense", "dataset", "detector", "train")
 ALL = "_all"  # a section entry that applies to every component of its kind
 PER_DATASET = "per_dataset"
 

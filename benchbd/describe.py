@@ -10,7 +10,7 @@ from rich.table import Table
 
 from .config import Layers, as_dict
 
-KIND_OF = {"attack": "attacks", "defense": "defenses", "dataset": "datasets", "train": "train"}
+KIND_OF = {"attack": "attacks", "defense": "defenses", "dataset": "datasets", "detector": "detectors", "train": "train"}
 
 
 def _flat(values: dict, prefix: str = "") -> dict[str, object]:
@@ -24,16 +24,19 @@ def _flat(values: dict, prefix: str = "") -> dict[str, object]:
 
 
 def _params_class(kind: str, name: str) -> tuple[str, type]:
-    """(canonical name, Params dataclass) of a registered component (`train normal`: the normal recipe)."""
+    """(canonical name, Params dataclass) of a registered component (`train normal`: the normal
+    recipe; `train retune`: the retuning check)."""
     from .components import components
+    from .retune import RetuneParams
     from .train import TrainRecipe
 
     if kind == "train":
         from .errors import unknown
 
-        if name != "normal":
-            raise unknown("training recipe", name, ["normal"])
-        return name, TrainRecipe
+        recipes = {"normal": TrainRecipe, "retune": RetuneParams}
+        if name not in recipes:
+            raise unknown("training recipe", name, list(recipes))
+        return name, recipes[name]
     registry = components()[KIND_OF[kind]]
     canonical = registry.resolve(name)
     return canonical, registry.get(canonical).Params

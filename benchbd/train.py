@@ -177,7 +177,7 @@ class Trainer:
         self.trainings.append({"name": name, "planned_steps": planned, "steps": 0, "images": 0, "cached": False})
         return steps
 
-    def _count(self, batch: int) -> None:
+    def count_batch(self, batch: int) -> None:
         if self.trainings:
             self.trainings[-1]["steps"] += 1
             self.trainings[-1]["images"] += batch
@@ -239,7 +239,7 @@ class Trainer:
                     value.backward()
                     optimizer.step()
                     total += value.detach()
-                    self._count(len(y))
+                    self.count_batch(len(y))
                     self.progress.advance(1)
                 mean_loss = total.item() / steps  # the one host read per epoch
                 if not math.isfinite(mean_loss):
@@ -285,7 +285,7 @@ class Trainer:
         for step in range(steps_per_epoch(len(labels), batch_size, self.budget)):
             index = order[step * batch_size : (step + 1) * batch_size]
             x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
-            self._count(len(index))
+            self.count_batch(len(index))
             yield x, labels[index]
 
     def accuracy(self, model: nn.Module, data: Split) -> float:

@@ -81,9 +81,12 @@ def test_recipe_validation_and_literal_choices():
 def test_registry_yaml_restates_the_code_defaults():
     """registry.yaml wins over the dataclass defaults; on cifar10 the two must say the same thing."""
     from benchbd.defenses import DEFENSES
+    from benchbd.detectors import DETECTORS
+    from benchbd.retune import RetuneParams
 
     layers = Layers()
-    for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES)):
+    assert layers.params("train", "retune", "cifar10", RetuneParams) == RetuneParams()
+    for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("detector", DETECTORS)):
         for name in registry.names():
             if not registry.entry(name).module.startswith("benchbd."):
                 continue  # plugins registered by other tests keep their defaults in code

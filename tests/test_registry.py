@@ -1,6 +1,6 @@
 import pytest
 
-from benchbd import attacks, defenses, models  # noqa: F401
+from benchbd import attacks, defenses, detectors, models  # noqa: F401
 from benchbd.data import DATASETS
 from benchbd.errors import BenchbdError
 from benchbd.registry import Registry
@@ -42,7 +42,9 @@ def test_expand_all_and_order():
         reg.expand("pairs", groups)
 
 
-@pytest.mark.parametrize("registry", [attacks.ATTACKS, defenses.DEFENSES, models.MODELS, DATASETS, BUDGETS], ids=lambda r: r.kind)
+@pytest.mark.parametrize(
+    "registry", [attacks.ATTACKS, defenses.DEFENSES, detectors.DETECTORS, models.MODELS, DATASETS, BUDGETS], ids=lambda r: r.kind
+)
 def test_every_registered_name_has_a_description(registry):
     assert registry.names()
     for entry in registry.entries():

@@ -102,6 +102,9 @@ class Defense(abc.ABC):
     # False where the defense trains with a loss or optimiser of its own (ABL, DP-SGD).
     attacker_controls_training = False
     group = "paper"  # 'baseline' (ft, fp, dp) is in 'all' too; 'modern': since the paper, `--defenses modern`, not in 'all'
+    # True where the defense returns the backdoored model as it is (none): its retuning check also
+    # retunes a model trained on clean data, the control that must not acquire the backdoor
+    undefended = False
     source = "T&R paper (SPEC 7)"  # where the method and its settings come from
 
     def __init__(self, params: Any, name: str = ""):

@@ -10,6 +10,7 @@ class NoDefense(Defense):
     """No defense: the model normally trained on the whole poisoned training set."""
 
     needs = frozenset({Need.BACKDOORED_MODEL})
+    undefended = True
 
     @classmethod
     def scenario(cls) -> str:

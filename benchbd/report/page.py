@@ -17,6 +17,7 @@ import pandas as pd
 from ..errors import BenchbdError
 from .plots import scatter_figure
 from .publish import provenance
+from .detection import render_extras
 from .tables import build_grids, grid_id, html_page, title, to_html
 
 REPORT_STYLE = """
@@ -94,6 +95,9 @@ def report_page(results_dir: Path, runner, compare: str | None = "paper", datase
         parts.append(f"<nav><p>Tables:</p><ul>{links}</ul></nav>\n")
     parts.append("<p>Each cell is coloured by its ASR (green 0%, red 100%); the numbers are ASR / CA in %.</p>\n")
     parts += [f'<div class="grid">{to_html(grid)}</div>\n' for grid in grids]
+    extras = render_extras(rows[rows["dataset"].isin(shown)], "html")  # detectors and retuning controls, where rows have them
+    if extras:
+        parts.append(f"<h2>Detectors and the retuning check</h2>\n{extras}")
     parts.append("<h2>CA against ASR</h2>\n")
     uri = _png(lambda out: scatter_figure(grids, out, "CA against ASR per cell (mean over seeds)"))
     parts.append(_figure(uri, "scatter of CA against ASR", "One marker per defense, one colour per attack (both in the legends)."))

@@ -293,8 +293,13 @@ def build_grids(
         raise BenchbdError(
             f"no results of experiment {experiment.name} in this results directory: run `benchbd run --experiment {experiment.name}` first"
         )
+    from .detection import without_detectors
+
+    rows = without_detectors(rows)  # detector cells have a table of their own (report/detection.py)
     if rows.empty:
         raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
+    if "metrics" in rows and any(isinstance(m, dict) and "asr_after_retuning" in m for m in rows["metrics"]):
+        extra = tuple(dict.fromkeys([*extra, "asr_after_retuning"]))  # --retune rows: beside ASR, always
     known = sorted({k for d in (rows["metrics"] if "metrics" in rows else []) if isinstance(d, dict) for k in d})
     for m in extra:
         if m not in known and m not in ROW_METRICS:
@@ -642,6 +647,10 @@ def interval95(mean: float, std: float, n: int) -> tuple[float, float]:
     return mean - half, mean + half
 
 
+CSV_COLUMNS = ["dataset", "budget", "group", "attack", "defense", "metric", "mean", "std", "seeds", "ci95_low", "ci95_high", "paper",
+               "diff", "failed", "not_planted", "averaged_over", "data_sha256", "device", "precision", "commits"]  # fmt: skip
+
+
 def to_csv(grids: list[Grid]) -> str:
     """Tidy: one line per (dataset, budget, group, attack, defense, metric), with mean, std, seed count,
     95% interval, the paper's value and the difference, and the rows' provenance."""
@@ -702,11 +711,19 @@ def render(
         raise unknown("format", fmt, FORMATS)
     if compare not in (None, "paper"):
         raise unknown("--compare source", compare, ["paper"])
-    grids = build_grids(rows, compare, datasets, budgets, tuple(extra), experiment, members)
+    from .detection import detection_csv, detector_rows, render_extras, without_detectors
+
+    chosen = _select(_select(rows, "dataset", datasets), "budget", budgets) if not rows.empty else rows
+    detected = detector_rows(chosen) if experiment is None else chosen.iloc[0:0]
+    only_detectors = not detected.empty and without_detectors(rows).empty
+    grids = [] if only_detectors else build_grids(rows, compare, datasets, budgets, tuple(extra), experiment, members)
     if fmt == "csv":
-        return to_csv(grids)
+        lines = [to_csv(grids)] if grids else []
+        if not detected.empty:
+            lines.append(detection_csv(detected, CSV_COLUMNS).to_csv(index=False, header=not grids))
+        return "".join(lines)
     render_one = {"markdown": lambda g: to_markdown(g, link), "latex": to_latex, "html": to_html}[fmt]
-    text = "\n".join(render_one(g) for g in grids)
+    text = "\n".join([*(render_one(g) for g in grids), *([render_extras(chosen, fmt)] if experiment is None else [])]).rstrip("\n") + "\n"
     return html_page("benchbd results", text) if fmt == "html" else text
 
 

@@ -21,9 +21,13 @@ from ..budgets import BUDGETS
 from ..config import Layers, as_dict
 from ..data import DATASETS, Dataset, LoadedData, PoisonedSplit, Split, Splits, limit_holdout, parse_dataset_spec, split_holdout
 from ..defenses import DEFENSES, Defense, DefenseContext, Need, defense_groups
+from ..detectors import DETECTORS, Detector, detector_groups
+from ..detectors.base import GuardedModel
+from ..detectors.evaluation import detect
 from ..errors import BenchbdError
 from ..models import MODELS, create_model
 from ..progress import NullProgress
+from ..retune import RetuneParams, retune, retuning_set
 from ..seeding import derive
 from ..train import TRAINER_VERSION, Trainer, TrainingDiverged, TrainRecipe, precision_of, resolve_device
 from .cache import Cache
@@ -45,6 +49,8 @@ class Cell:
     budget: str
     normal_recipe: TrainRecipe
     precision: str = "fp32"  # the numeric mode the cell trains and evaluates in (bf16 autocast on CUDA)
+    detector: Detector | None = None  # a detector cell: the backdoored model guarded by this detector
+    retune: RetuneParams | None = None  # --retune: the retuning attack after the defense
 
     @property
     def model_name(self) -> str:
@@ -52,7 +58,8 @@ class Cell:
 
     @property
     def label(self) -> str:
-        return f"{self.dataset_name} / {self.attack.name} / {self.defense.name} / seed {self.seed}"
+        guard = f"detector {self.detector.name}" if self.detector else self.defense.name
+        return f"{self.dataset_name} / {self.attack.name} / {guard} / seed {self.seed}"
 
     def poison_identity(self) -> dict:
         identity = {
@@ -74,6 +81,10 @@ class Cell:
         out = {"dataset": as_dict(self.dataset.params), "attack": as_dict(self.attack.params), "defense": as_dict(self.defense.params)}
         if Need.BACKDOORED_MODEL in self.defense.needs:
             out["train"] = as_dict(self.normal_recipe)
+        if self.detector is not None:
+            out["detector"] = as_dict(self.detector.params)
+        if self.retune is not None:
+            out["retune"] = as_dict(self.retune)
         return out
 
     @property
@@ -86,6 +97,7 @@ class Cell:
                 "params": self.params(),
                 **self.budget_identity(),
                 "trainer": TRAINER_VERSION,
+                **({"detector": self.detector.identity()} if self.detector is not None else {}),
             }
         )
 
@@ -111,6 +123,8 @@ class Defended:
     trainer: Trainer
     cached: dict
     started: float  # perf_counter() when the cell began
+    new_model: Callable | None = None
+    tools: AttackTools | None = None
 
 
 def training_key(cell: Cell) -> dict:
@@ -184,16 +198,31 @@ class Runner:
 
     # ---- planning: every name and parameter is checked before anything trains
     def plan(
-        self, datasets: list[str], attacks: str, defenses: str, seeds: list[int], budget: str, layers: Layers | None = None
+        self,
+        datasets: list[str],
+        attacks: str,
+        defenses: str,
+        seeds: list[int],
+        budget: str,
+        layers: Layers | None = None,
+        detectors: str | None = None,
+        retune: bool = False,
     ) -> list[Cell]:
-        """Every cell of the grid, parameters resolved from `layers` (default: the runner's)."""
+        """Every cell of the grid, parameters resolved from `layers` (default: the runner's).
+
+        `detectors`: also one cell per (dataset, attack, detector, seed) on the backdoored model.
+        `retune`: every defense cell gets the retuning check, and `none` joins the defenses (its
+        cell holds the two controls: the backdoored and a clean model retuned)."""
         layers = layers or self.layers
         budget = BUDGETS.resolve(budget)
         attack_names = ATTACKS.expand(attacks, attack_groups())
-        defense_names = DEFENSES.expand(defenses, defense_groups())
-        for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("dataset", DATASETS)):
+        defense_names = DEFENSES.expand(defenses, defense_groups()) if defenses else []
+        detector_names = DETECTORS.expand(detectors, detector_groups()) if detectors else []
+        if retune and "none" not in defense_names:
+            defense_names = ["none", *defense_names]
+        for kind, registry in (("attack", ATTACKS), ("defense", DEFENSES), ("dataset", DATASETS), ("detector", DETECTORS)):
             layers.check_names(kind, {name: registry.get(name).Params for name in registry.names()}, DATASETS.names())
-        layers.check_names("train", {"normal": TrainRecipe}, DATASETS.names())
+        layers.check_names("train", {"normal": TrainRecipe, "retune": RetuneParams}, DATASETS.names())
         cells = []
         for spec in datasets:
             label, name, dataset, data = self.dataset(spec, layers)
@@ -210,6 +239,7 @@ class Runner:
                     f"({n_holdout} images at holdout_fraction={dataset.params.holdout_fraction}): valid 1..{n_holdout}"
                 )
             recipe = layers.params("train", "normal", name, TrainRecipe)
+            retuning = layers.params("train", "retune", name, RetuneParams) if retune else None
             pipeline = dataset.pipeline
             architecture = create_model(dataset.params.model, num_classes, mean=pipeline.mean, std=pipeline.std)
             for attack_name in attack_names:
@@ -219,7 +249,14 @@ class Runner:
                     defense = dcls(layers.params("defense", defense_name, name, dcls.Params), defense_name)
                     defense.check_model(architecture)
                     for seed in seeds:
-                        cells.append(Cell(label, dataset, data, attack, defense, seed, budget, recipe, precision_of(self.device)))
+                        cells.append(
+                            Cell(label, dataset, data, attack, defense, seed, budget, recipe, precision_of(self.device), retune=retuning)
+                        )
+                for detector_name in detector_names:
+                    detector = DETECTORS.get(detector_name)(layers.params("detector", detector_name, name, DETECTORS.get(detector_name).Params), detector_name)
+                    for seed in seeds:
+                        guard = GuardedModel(GuardedModel.Params(), "none")
+                        cells.append(Cell(label, dataset, data, attack, guard, seed, budget, recipe, precision_of(self.device), detector=detector))
         return cells
 
     def dataset(self, spec: str, layers: Layers | None = None) -> tuple[str, str, Dataset, LoadedData]:
@@ -292,6 +329,7 @@ class Runner:
             "attack": cell.attack.name,
             "defense": cell.defense.name,
             "defense_group": cell.defense.group,  # tables group columns by it without importing the registry
+            **({"detector": cell.detector.name} if cell.detector is not None else {}),
             "seed": cell.seed,
             "budget": cell.budget,
             "model": cell.model_name,
@@ -321,6 +359,14 @@ class Runner:
             inside = self.evaluate(outcome.trainer, probe, cell.attack, outcome.splits.test)
             outcome.context.metrics.update({f"{name}_asr": inside.asr, f"{name}_ca": inside.ca})
         splits = outcome.splits
+        if cell.detector is not None:  # the model behind the detector: its ASR and CA are the filtered ones
+            self.progress.stage(f"detector {cell.detector.name}")
+            found = detect(outcome.trainer, outcome.model, cell.detector, outcome.context.holdout, splits.test,
+                           cell.attack.backdoor_test(splits.test), cell.attack.params.target, splits.num_classes, cell.seed)  # fmt: skip
+            outcome.context.metrics.update(found)
+            scores = Scores(found["filtered_ca"], found["filtered_asr"], scores.ra, scores.n_asr)
+        if cell.retune is not None:
+            outcome.context.metrics.update(self.retuning(cell, outcome))
         row = {
             **self._identity_row(cell),
             "status": "ok",
@@ -374,7 +420,27 @@ class Runner:
         model = cell.defense.run(ctx)
         if not all(bool(torch.isfinite(w).all()) for w in model.state_dict().values() if w.is_floating_point()):
             raise TrainingDiverged(f"defense {cell.defense.name} returned a model with NaN or infinite weights")
-        return Defended(model, ctx, splits, trainer, {**cached, **ctx.cached}, started)
+        return Defended(model, ctx, splits, trainer, {**cached, **ctx.cached}, started, new_model, tools)
+
+    def retuning(self, cell: Cell, outcome: Defended) -> dict:
+        """The retuning check on the defended model; on an undefended cell also on a model trained
+        on clean data only (`clean_model_*`), which must not acquire the backdoor."""
+        trainer, splits = outcome.trainer, outcome.splits
+        self.progress.stage("retuning check")
+        poisoned, _ = self.poisoned_split(cell, splits, outcome.tools)
+        data = retuning_set(splits.train, poisoned.static(cell.seed), splits.full_train_size, cell.retune, cell.seed)
+
+        def evaluate(model):
+            scores = self.evaluate(trainer, model, cell.attack, splits.test)
+            return scores.asr, scores.ca
+
+        out = retune(trainer, outcome.model, data, cell.retune, cell.seed, evaluate)
+        if cell.defense.undefended:
+            self.progress.stage("clean model (retuning control)")
+            clean, _ = self.trained_model(cell, trainer, outcome.new_model, "clean model",
+                                          {"clean_train": cell.poison_identity()["dataset"]}, Split.concat(splits.train, splits.holdout))  # fmt: skip
+            out.update({f"clean_model_{k}": v for k, v in retune(trainer, clean, data, cell.retune, cell.seed, evaluate).items()})
+        return out
 
     def device_name(self) -> str:
         if self.device.type == "cuda":

@@ -67,13 +67,21 @@ def row_layers(row: dict) -> Layers:
     }
     if "train" in params:
         user["train"] = {"normal": params["train"]}
+    if "retune" in params:
+        user.setdefault("train", {})["retune"] = params["retune"]
+    if row.get("detector"):
+        user["detector"] = {row["detector"]: params.get("detector", {})}
     return Layers(user=user)
 
 
 def plan_row(runner: Runner, row: dict):
     """The one cell a row records, planned from the row alone; a one-line error where it cannot be."""
-    (cell,) = runner.plan([row["dataset"]], row["attack"], row["defense"], [int(row["seed"])], row["budget"], row_layers(row))
-    return cell
+    detector = row.get("detector")
+    cells = runner.plan(
+        [row["dataset"]], row["attack"], "" if detector else row["defense"], [int(row["seed"])], row["budget"], row_layers(row),
+        detectors=detector, retune="retune" in row["params"],
+    )  # fmt: skip
+    return next(c for c in cells if (c.detector.name if c.detector else None) == detector and c.defense.name == row["defense"])
 
 
 def numbers(row: dict) -> dict[str, float]:
