@@ -296,3 +296,37 @@ def test_input_aware_generator_is_the_official_network():
         net.train()(x)
     first_bn = next(m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d))
     assert torch.allclose(first_bn.running_mean, torch.from_numpy(fixture["first_bn_mean_after_train_pass"]), atol=1e-6)
+
+
+def test_wanet_grid_and_warp_are_the_official_ones():
+    """VinAIResearch/Warping-based_Backdoor_Attack-release train.py (tests/fixtures/official/wanet_grid.npz,
+    tools/official_fixtures.py): from the same control points, the same backdoor grid, and the same
+    warped images up to benchbd's uint8 rounding."""
+    from benchbd.attacks.wanet import identity_grid, warp, warp_field
+
+    from .test_modern_defenses import official
+
+    fixture = official("wanet_grid")
+    points = torch.from_numpy(fixture["control_points"])
+    assert torch.allclose(warp_field(points, 32), torch.from_numpy(fixture["noise_grid"]), atol=1e-6)
+    grid = (identity_grid(32) + 0.5 * warp_field(points, 32) / 32).clamp(-1, 1)
+    assert torch.allclose(grid, torch.from_numpy(fixture["grid"]), atol=1e-6)
+    ours = warp(torch.from_numpy(fixture["images"]).permute(0, 2, 3, 1), grid).permute(0, 3, 1, 2).float()
+    theirs = torch.from_numpy(fixture["warped"])
+    assert (ours - theirs).abs().max() <= 0.5 + 1e-3  # ours is theirs rounded to uint8
+
+
+def test_bpp_trigger_and_negatives_are_the_official_ones():
+    """RU-System-Software-and-Security/BppAttack bppattack.py (tests/fixtures/official/bpp_squeeze.npz):
+    the squeezed images and the negatives (an image plus another's quantisation residual, clamped) of
+    the official code, on normalised tensors, equal benchbd's on uint8 pixels up to rounding."""
+    from benchbd.attacks.bpp import negatives
+
+    from .test_modern_defenses import official
+
+    fixture = official("bpp_squeeze")
+    images = torch.from_numpy(fixture["images"]).permute(0, 2, 3, 1)
+    squeezed = attacks.create("bpp", dataset="cifar10").apply(images).permute(0, 3, 1, 2).float()
+    assert (squeezed - torch.from_numpy(fixture["squeezed"])).abs().max() <= 0.5 + 1e-3
+    ours = negatives(images, images.roll(-1, 0), 8).permute(0, 3, 1, 2).float()  # each with the next image's residual
+    assert (ours - torch.from_numpy(fixture["negatives"])).abs().max() <= 0.5 + 1e-3

@@ -4,6 +4,8 @@
     python tools/official_fixtures.py nc_mad --checkout PATH/TO/bolunwang/backdoor
     python tools/official_fixtures.py clp_bound --checkout PATH/TO/rkteddy/channel-Lipschitzness-based-pruning
     python tools/official_fixtures.py input_aware_generator --checkout PATH/TO/VinAIResearch/input-aware-backdoor-attack-release
+    python tools/official_fixtures.py wanet_grid --checkout PATH/TO/VinAIResearch/Warping-based_Backdoor_Attack-release
+    python tools/official_fixtures.py bpp_squeeze --checkout PATH/TO/RU-System-Software-and-Security/BppAttack
 
 Each fixture is an .npz under tests/fixtures/official/ holding the inputs, the official outputs (and
 weights, where a network is compared), the official repository and its commit; the tests feed
@@ -140,6 +142,79 @@ def input_aware_generator(checkout: Path) -> dict[str, np.ndarray]:
     return {"input": x.numpy(), "output": y.numpy(), "state_sums": sums, "first_bn_mean_after_train_pass": first_bn.running_mean.numpy()}
 
 
+def official_statements(path: Path, function: str, starts: list[str]) -> list[ast.stmt]:
+    """Statements inside an official function (at any depth), the first whose source begins with each
+    of `starts`, in that order: for computations the official code writes inline, not as functions."""
+    source = path.read_text()
+    node = next(n for n in ast.parse(source).body if isinstance(n, ast.FunctionDef) and n.name == function)
+    found = [n for n in ast.walk(node) if isinstance(n, (ast.Assign, ast.AugAssign))]
+    found.sort(key=lambda n: (n.lineno, n.col_offset))
+    return [next(n for n in found if ast.get_source_segment(source, n).startswith(start)) for start in starts]
+
+
+def run_statements(path: Path, statements: list[ast.stmt], namespace: dict) -> dict:
+    for statement in statements:
+        exec(compile(ast.Module(body=[statement], type_ignores=[]), str(path), "exec"), namespace)
+    return namespace
+
+
+def seeded_images(n: int = 4, seed: int = 1) -> torch.Tensor:
+    """uint8 [n, 3, 32, 32] drawn from a fixed generator."""
+    return torch.randint(0, 256, (n, 3, 32, 32), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def wanet_grid(checkout: Path) -> dict[str, np.ndarray]:
+    """WaNet's warp as train.py builds it (main: control points, upsampled field, identity grid;
+    train: the backdoor grid and the grid_sample of a batch), on k = 4, s = 0.5, 32x32, after
+    torch.manual_seed(0): the raw control points, the grids, and four seeded images warped."""
+    import types
+
+    import torch.nn.functional as F
+
+    path = checkout / "train.py"
+    opt = types.SimpleNamespace(k=4, s=0.5, input_height=32, grid_rescale=1, device="cpu")
+    build = official_statements(path, "main", ["ins = torch.rand", "ins = ins /", "noise_grid = (", "array1d =", "x, y =", "identity_grid = torch.stack"])
+    torch.manual_seed(0)
+    ns = run_statements(path, build[:1], {"torch": torch, "F": F, "opt": opt})
+    raw = ns["ins"].clone()
+    with contextlib.redirect_stderr(io.StringIO()):
+        run_statements(path, build[1:], ns)
+    images = seeded_images()
+    ns.update(inputs=images.float() / 255, num_bd=len(images))
+    warp = official_statements(path, "train", ["grid_temps = (identity_grid", "grid_temps = torch.clamp", "inputs_bd = F.grid_sample"])
+    run_statements(path, warp, ns)
+    return {"control_points": raw.numpy(), "noise_grid": ns["noise_grid"].numpy(), "grid": ns["grid_temps"].numpy(),
+            "images": images.numpy(), "warped": (ns["inputs_bd"] * 255).numpy()}  # fmt: skip
+
+
+def bpp_squeeze(checkout: Path) -> dict[str, np.ndarray]:
+    """BppAttack's trigger and negatives as bppattack.py computes them on CIFAR-10 (normalised tensors,
+    back_to_np_4d / np_4d_to_tensor around the inline quantisation of train(); main()'s residual of
+    another image added to a negative sample, clamped): squeeze_num 8, four seeded images, each
+    negative taking the residual of the next image."""
+    import types
+
+    path = checkout / "bppattack.py"
+    opt = types.SimpleNamespace(dataset="cifar10", squeeze_num=8)
+    ns = {"torch": torch, "opt": opt, "squeeze_num": 8}
+    to_pixels = official_function(path, "back_to_np_4d", ns)
+    to_tensor = official_function(path, "np_4d_to_tensor", ns)
+    images = seeded_images()
+    inputs = to_tensor(images.float(), opt)  # what the official loader gives: ToTensor + Normalize
+    ns.update(inputs_bd=to_pixels(inputs, opt))
+    run_statements(path, official_statements(path, "train", ["inputs_bd = torch.round(inputs_bd/255.0"]), ns)
+    squeezed = to_pixels(to_tensor(ns["inputs_bd"], opt), opt)
+    negatives = []
+    for i in range(len(images)):
+        other = inputs[[(i + 1) % len(images)]]
+        ns.update(temp_negetive=to_pixels(other, opt))
+        run_statements(path, official_statements(path, "main", ["residual = torch.round(temp_negetive"]), ns)
+        ns.update(inputs=inputs[[i]], num_bd=0, num_neg=1, residual_list_train=[ns["residual"]], random=__import__("random"))
+        run_statements(path, official_statements(path, "train", ["inputs_negative = back_to_np_4d", "inputs_negative=torch.clamp"]), ns)
+        negatives.append(to_pixels(to_tensor(ns["inputs_negative"], opt), opt)[0])
+    return {"images": images.numpy(), "squeezed": squeezed.numpy(), "negatives": torch.stack(negatives).numpy()}
+
+
 def draw_bn_statistics(net: torch.nn.Module) -> None:
     """BN affine parameters and running statistics away from their defaults, module by module, from
     the global generator (the tests draw them the same way for benchbd's network)."""
@@ -157,6 +232,8 @@ FIXTURES = {
     "nc_mad": (nc_mad, "bolunwang/backdoor"),
     "clp_bound": (clp_bound, "rkteddy/channel-Lipschitzness-based-pruning"),
     "input_aware_generator": (input_aware_generator, "VinAIResearch/input-aware-backdoor-attack-release"),
+    "wanet_grid": (wanet_grid, "VinAIResearch/Warping-based_Backdoor_Attack-release"),
+    "bpp_squeeze": (bpp_squeeze, "RU-System-Software-and-Security/BppAttack"),
 }
 
 

@@ -39,6 +39,11 @@ def squeeze(images: torch.Tensor, levels: int) -> torch.Tensor:
     return torch.round(images.float() / 255 * (levels - 1)) / (levels - 1) * 255
 
 
+def negatives(images: torch.Tensor, others: torch.Tensor, levels: int) -> torch.Tensor:
+    """x + (Q(x_j) - x_j), clamped to uint8: each image plus the quantisation residual of its `others` row."""
+    return to_uint8(images.float() + squeeze(others, levels) - others.float())
+
+
 @ATTACKS.register("bpp", aliases=("bppattack",))
 class BppAttack(PerBatchAttack):
     """BppAttack: colour depth squeezed to 8 levels, poisoned batch by batch with negative samples (modern; dirty label)."""
@@ -61,5 +66,4 @@ class BppAttack(PerBatchAttack):
         if n < 2:
             return batch[positions]
         offset = torch.randint(1, n, (len(positions),), device=batch.device, generator=gen)
-        others = batch[(positions + offset) % n]
-        return to_uint8(batch[positions].float() + squeeze(others, self.params.squeeze_num) - others.float())
+        return negatives(batch[positions], batch[(positions + offset) % n], self.params.squeeze_num)
