@@ -412,7 +412,7 @@ def show(what, name, dataset, attacks, index, amplify, out, data_root, sets, con
         layers = Layers(user=load_user_config(config_file) if config_file else {}, cli=parse_set(sets))
         for line in component_details(what, name):
             click.echo(line)
-        if what in ("attack", "defense"):
+        if what in ("attack", "defense", "detector"):
             from .components import components
             from .fidelity import card_line
 

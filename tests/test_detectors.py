@@ -120,12 +120,16 @@ def test_every_registered_detector_fits_on_the_holdout_and_scores_one_number_per
 def test_the_threshold_is_set_on_the_holdout_and_never_moves_with_the_test_set():
     holdout, prototypes = colour_data(400, seed=1)
     test, _ = colour_data(300, seed=2, prototypes=prototypes)
-    detector = DETECTORS.get("scale_up")(DETECTORS.get("scale_up").Params(), "scale_up")
+    detector = DETECTORS.get("ibd_psc")(DETECTORS.get("ibd_psc").Params(), "ibd_psc")  # continuous scores
     model = ColourNet(prototypes)
     first = detect(trainer(), model, detector, holdout, test, stamp(test), TARGET, 10, seed=0)
     poisoned_test = Split(stamp(test).images, torch.full((len(stamp(test)),), TARGET))  # test labels and images both changed
     second = detect(trainer(), model, detector, holdout, poisoned_test, stamp(test), TARGET, 10, seed=0)
     assert first["threshold"] == second["threshold"] and first["holdout_fpr"] == second["holdout_fpr"]
+    from benchbd.detectors.evaluation import scores_of
+
+    _, cal = split_calibration(holdout, seed=0)
+    assert first["threshold"] == threshold_at_fpr(scores_of(trainer(), model, detector, cal.images, 0, "calibration"))
     fit, cal = split_calibration(holdout, seed=0)
     assert len(fit) == len(cal) == 200 and all(int((cal.labels == c).sum()) == 20 for c in range(10))
 
@@ -199,6 +203,8 @@ def test_ibd_psc_amplifies_the_deepest_batchnorms_without_touching_the_model_and
     assert deepest_batchnorms(model) == ["colour_bn", "trigger_bn"]
     # BN weight and bias times omega = the eval-mode output times omega (identity statistics)
     bn, x = identity_bn(3), torch.randn(5, 3, 2, 2)
+    with torch.no_grad():
+        bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1), bn.running_mean.uniform_(-1, 1)
     from torch.func import functional_call
 
     assert torch.allclose(functional_call(bn, {k.split(".", 1)[1]: v for k, v in amplified(torch.nn.Sequential(bn), ["0"], 1.5).items()}, (x,)), 1.5 * bn(x))
@@ -240,6 +246,22 @@ def test_teco_transition_points_and_corruptions_of_the_original_image():
         assert torch.equal(a, b) and torch.equal(x, kept), name  # seeded, and the input is left as it was
         assert float(a.min()) >= 0 and float(a.max()) <= 1 and torch.equal(a, (a * 255).round() / 255), name
     assert not torch.equal(corrupt(x, "contrast", 5, None), corrupt(corrupt(x, "contrast", 4, None), "contrast", 5, None))
+
+
+def test_teco_corrupts_the_original_image_at_every_severity_never_the_previous_output():
+    seen = []
+
+    class Spy(torch.nn.Module):
+        def forward(self, x):
+            seen.append(x.clone())
+            return torch.zeros(len(x), 10)
+
+    teco = DETECTORS.get("teco")(DETECTORS.get("teco").Params(corruptions=("contrast", "brightness")), "teco")
+    x = torch.rand(2, 3, 32, 32)
+    teco.score(Spy(), x, torch.Generator().manual_seed(0))
+    assert len(seen) == 1 + 2 * 5  # the clean prediction, then each (corruption, severity)
+    expected = [corrupt(x, name, s, None) for name in ("contrast", "brightness") for s in range(1, 6)]
+    assert all(torch.equal(got, want) for got, want in zip(seen[1:], expected))
 
 
 def test_retuning_brings_a_superficially_removed_backdoor_back_and_not_onto_a_clean_model():

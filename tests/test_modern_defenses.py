@@ -719,3 +719,25 @@ def test_clp_prunes_the_channels_the_official_code_prunes():
         out = DEFENSES.get("clp")(DEFENSES.get("clp").Params(u=float(u)), "clp").run(ctx)
         zeroed = np.stack([(out[i].weight == 0).numpy() for i in (1, 4)])
         assert (zeroed == fixture[f"zeroed_u{u}"]).all(), (u, np.nonzero(zeroed), np.nonzero(fixture[f"zeroed_u{u}"]))
+
+
+def test_clp_residual_convs_examines_the_convolutions_no_batchnorm_follows():
+    """Off (the official method): only conv -> BN pairs; on: every other conv too, by its kernel's bound,
+    a chosen channel pruned at the conv's output."""
+    from benchbd.defenses.clp import conv_bn_pairs
+
+    model = trained_looking()
+    pairs = conv_bn_pairs(model, 32)
+    alone = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d) and all(m is not c for c, _ in pairs)]
+    assert len(pairs) == 7 and len(alone) == 8  # WRN-16-1: 6 conv2 and 2 shortcut convolutions feed residual sums
+    target = alone[3]
+    with torch.no_grad():
+        target.weight[9] *= 40  # a planted outlier in a residual conv
+    name = next(n for n, m in model.named_modules() if m is target)
+    for residual, expect in ((False, False), (True, True)):
+        ctx = DefenseContext(None, None, 10, 0, backdoored_model=model)
+        out = DEFENSES.get("clp")(DEFENSES.get("clp").Params(residual_convs=residual), "clp").run(ctx)
+        conv = dict(out.named_modules())[name]
+        assert bool((conv.weight[9] == 0).all()) is expect
+        assert ("clp_residual_layers" in ctx.metrics) is residual and ctx.metrics["clp_layers"] == 7
+    assert int((target.weight[9] == 0).all()) == 0  # the backdoored model is left alone

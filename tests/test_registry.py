@@ -61,13 +61,14 @@ def test_every_method_has_a_fidelity_card_naming_tests_that_exist():
     from benchbd.attacks import ATTACKS
     from benchbd.cli import main
     from benchbd.defenses import DEFENSES
+    from benchbd.detectors import DETECTORS
     from benchbd.fidelity import cards, document
 
     from .conftest import REPO
 
     built_in = {
         kind: {e.name for e in registry.entries() if e.module.startswith("benchbd.")}
-        for kind, registry in (("attacks", ATTACKS), ("defenses", DEFENSES))
+        for kind, registry in (("attacks", ATTACKS), ("defenses", DEFENSES), ("detectors", DETECTORS))
     }
     assert {kind: set(methods) for kind, methods in cards().items()} == built_in
     tests = {m for f in (REPO / "tests").glob("test_*.py") for m in re.findall(r"^def (test_\w+)", f.read_text(), re.M)}
@@ -76,3 +77,5 @@ def test_every_method_has_a_fidelity_card_naming_tests_that_exist():
     assert (REPO / "docs" / "fidelity.md").read_text() == document(REPO / "results"), "run `python -m benchbd.fidelity`"
     res = CliRunner().invoke(main, ["show", "defense", "bti"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "fidelity: official xuxiong0214/BTIDBF@e680dda" in res.output
+    res = CliRunner().invoke(main, ["show", "detector", "teco"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0 and "fidelity: official CGCL-codes/TeCo@4eacfaf" in res.output

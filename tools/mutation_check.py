@@ -1,13 +1,24 @@
 """Run each mechanism test against a deliberately broken copy of its method and report which fail
 (every line should say CAUGHT). Restores each file after its run. `ONLY=ABL python tools/mutation_check.py`
-runs the mutants whose name contains ABL."""
+runs the mutants whose name contains ABL.
 
+The outcome of every mutant run is merged into tests/fixtures/mutations.json (with the commit it ran
+at), keyed by the method's fidelity card (`defenses/nad`): docs/fidelity.md shows it per method."""
+
+import json
 import os
 import pathlib
 import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
+RECORD = ROOT / "tests" / "fixtures" / "mutations.json"
+METHOD = {  # a mutant's fidelity card, by the file it breaks
+    "benchbd/defenses/": "defenses/",
+    "benchbd/attacks/": "attacks/",
+    "benchbd/detectors/": "detectors/",
+}
+CARDS_OF_FILE = {"lba": ["lba_10", "lba_12", "lba_14"], "evaluation": ["strip", "scale_up", "ibd_psc", "teco"]}  # else the file's stem
 MUTANTS = [
     (
         "NAD attention term x0",
@@ -88,6 +99,111 @@ MUTANTS = [
         "features = features.float().flatten(1).roll(1, 0)",
         "formula_on_the_training",
     ),
+    (
+        "CLP prunes the lowest bounds",
+        "benchbd/defenses/clp.py",
+        "return uclc > uclc.mean() + u * uclc.std()",
+        "return uclc < uclc.mean() - u * uclc.std()",
+        "clp_prunes_the_channel_with_a_planted",
+    ),
+    (
+        "NC with torch's lower median",
+        "benchbd/defenses/nc.py",
+        "median = l1.quantile(0.5)",
+        "median = l1.median()",
+        "nc_mad_test_gives_the_official",
+    ),
+    (
+        "RNP prunes the channels that recovered",
+        "benchbd/defenses/rnp.py",
+        "off = masks[name] <= p.threshold",
+        "off = masks[name] > p.threshold",
+        "rnp_unlearns_below",
+    ),
+    (
+        "FST pulls towards the old head",
+        "benchbd/defenses/fst.py",
+        "return F.cross_entropy(model(x), y) + alpha * (head.weight * old.to(head.weight.device)).sum()",
+        "return F.cross_entropy(model(x), y) - alpha * (head.weight * old.to(head.weight.device)).sum()",
+        "fst_feature_shift_term_lowers",
+    ),
+    (
+        "SAU's shared term on the unselected samples",
+        "benchbd/defenses/sau.py",
+        "pos = probs[chosen][selected]",
+        "pos = probs[chosen][~selected]",
+        "sau_shared_adversarial_term_by_hand",
+    ),
+    (
+        "FT-SAM without the adaptive scaling",
+        "benchbd/defenses/ftsam.py",
+        "scaled = [(p.detach().abs() if adaptive else 1.0) * g for p, g in zip(params, grads)]",
+        "scaled = [g for p, g in zip(params, grads)]",
+        "ftsam_step_differs_from_plain_sgd",
+    ),
+    (
+        "BTI-DBF bounds in [0, 1] pixels",
+        "benchbd/defenses/bti_dbf.py",
+        "return normalize.std if normalize is not None and normalize.enabled else 1.0",
+        "return 1.0",
+        "bti_dbf_measures_images_in_the_classifiers_normalised_units",
+    ),
+    (
+        "Spectral Signatures on uncentred features",
+        "benchbd/defenses/spectral.py",
+        "centred = features.double() - features.double().mean(0, keepdim=True)",
+        "centred = features.double()",
+        "spectral_score_is_the_squared_projection",
+    ),
+    (
+        "WaNet field not normalised by its mean magnitude",
+        "benchbd/attacks/wanet.py",
+        "points = control_points / control_points.abs().mean()",
+        "points = control_points",
+        "wanet_grid_and_warp_are_the_official_ones",
+    ),
+    (
+        "BppAttack squeezes to m + 1 levels",
+        "benchbd/attacks/bpp.py",
+        "return torch.round(images.float() / 255 * (levels - 1)) / (levels - 1) * 255",
+        "return torch.round(images.float() / 255 * levels) / levels * 255",
+        "bpp_trigger_and_negatives_are_the_official_ones",
+    ),
+    (
+        "STRIP scores entropy without its sign",
+        "benchbd/detectors/strip.py",
+        "return -entropy_bits(logits).view(b, n).mean(1)",
+        "return entropy_bits(logits).view(b, n).mean(1)",
+        "separates_a_planted_trigger and strip",
+    ),
+    (
+        "SCALE-UP does not scale",
+        "benchbd/detectors/scale_up.py",
+        "same = [predicted(model, (n * x).clamp(0, 1)) == label for n in factors]",
+        "same = [predicted(model, x.clamp(0, 1)) == label for n in factors]",
+        "scale_up",
+    ),
+    (
+        "IBD-PSC amplifies the weight only",
+        "benchbd/detectors/ibd_psc.py",
+        'out[f"{name}.bias"] = modules[name].bias * omega',
+        'out[f"{name}.bias"] = modules[name].bias',
+        "ibd_psc",
+    ),
+    (
+        "TeCo chains its corruptions",
+        "benchbd/detectors/teco.py",
+        "same = torch.stack([predicted(model, corrupt(x, name, s, gen)) == label for s in SEVERITIES], -1)",
+        "same = torch.stack([predicted(model, x := corrupt(x, name, s, gen)) == label for s in SEVERITIES], -1)",
+        "teco_corrupts_the_original_image",
+    ),
+    (
+        "Detector threshold set on the test set",
+        "benchbd/detectors/evaluation.py",
+        "tau = threshold_at_fpr(calibration)",
+        "tau = threshold_at_fpr(torch.cat([calibration, scores_of(trainer, model, detector, test.images, seed, 'test-clean')]))",
+        "threshold_is_set_on_the_holdout",
+    ),
 ]
 ONLY = os.environ.get("ONLY")
 results = []
@@ -108,5 +224,16 @@ for name, path, old, new, test in MUTANTS:
         last = (r.stdout.strip().splitlines() or ["?"])[-1]
     finally:
         f.write_text(text)
-    results.append((name, test, "CAUGHT" if r.returncode == 1 else f"NOT CAUGHT (rc {r.returncode})", last))
-    print(results[-1], flush=True)
+    outcome = (name, test, "CAUGHT" if r.returncode == 1 else f"NOT CAUGHT (rc {r.returncode})", last)
+    print(outcome, flush=True)
+    kind = next(card for prefix, card in METHOD.items() if path.startswith(prefix))
+    for card in CARDS_OF_FILE.get(pathlib.Path(path).stem, [pathlib.Path(path).stem]):
+        results.append((kind + card, *outcome))
+
+commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
+for method, name, test, verdict, _ in results:
+    runs = [run for run in record.get(method, []) if run["mutant"] != name]
+    record[method] = sorted(runs + [{"mutant": name, "test": test, "caught": verdict == "CAUGHT", "commit": commit}], key=lambda r: r["mutant"])
+RECORD.write_text(json.dumps(dict(sorted(record.items())), indent=1) + "\n")
+print(f"recorded in {RECORD.relative_to(ROOT)}")

@@ -11,6 +11,12 @@ BN with the conv whose output it receives, traced in one forward pass of a blank
 pre-activation WRN that is each block's conv1 -> bn2 and the stem conv -> the first block's bn1;
 a BN that normalises a residual sum has no such conv and is left alone. On conv -> BN networks
 (resnet34) this is the official pairing.
+
+On the pre-activation WRN-16-1 that pairing examines 7 of its 15 convolutions: every block's conv2
+and both shortcut convolutions feed a residual sum, not a BN. `residual_convs=True` (off by
+default: the official method) also examines those with the weight-only bound UCLC_k =
+sigma_max(W_k) and prunes a chosen channel by zeroing the convolution's output channel k. The
+measurement on the blend model is in docs/defenses.md.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ from .base import DEFENSES, Defense, Need
 @dataclass
 class ClpParams:
     u: float = 3.0  # prune channels more than u standard deviations above their layer's mean UCLC
+    residual_convs: bool = False  # also the convolutions no BN follows (they feed a residual sum): weight-only bound
 
     def __post_init__(self):
         check(self.u >= 0, f"u={self.u} must be >= 0")
@@ -61,11 +68,19 @@ def conv_bn_pairs(model: nn.Module, input_size: int) -> list[tuple[nn.Conv2d, nn
     return pairs
 
 
-def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> torch.Tensor:
-    """UCLC of every output channel: the largest singular value of its BN-scaled kernel."""
-    scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).abs()
-    kernels = conv.weight.detach().float().flatten(2) * scale.detach().float()[:, None, None]  # [C_out, C_in, kh kw]
+def channel_lipschitz(conv: nn.Conv2d, bn: nn.BatchNorm2d | None) -> torch.Tensor:
+    """UCLC of every output channel: the largest singular value of its BN-scaled kernel (of the
+    kernel alone where no BN follows)."""
+    kernels = conv.weight.detach().float().flatten(2)  # [C_out, C_in, kh kw]
+    if bn is not None:
+        scale = (bn.weight / (bn.running_var + bn.eps).sqrt()).abs()
+        kernels = kernels * scale.detach().float()[:, None, None]
     return torch.linalg.matrix_norm(kernels, ord=2)
+
+
+def outliers(uclc: torch.Tensor, u: float) -> torch.Tensor:
+    """Channels more than u (sample) standard deviations above their layer's mean."""
+    return uclc > uclc.mean() + u * uclc.std()
 
 
 @DEFENSES.register("clp")
@@ -83,11 +98,21 @@ class ChannelLipschitzPruning(Defense):
         pruned = 0
         pairs = conv_bn_pairs(net, getattr(net, "input_size", 32))
         for conv, bn in pairs:
-            uclc = channel_lipschitz(conv, bn)
-            chosen = uclc > uclc.mean() + self.params.u * uclc.std()
+            chosen = outliers(channel_lipschitz(conv, bn), self.params.u)
             bn.weight[chosen] = 0
             bn.bias[chosen] = 0
             pruned += int(chosen.sum())
         ctx.metrics["pruned_channels"] = pruned
         ctx.metrics["clp_layers"] = len(pairs)
+        if self.params.residual_convs:
+            paired = {id(conv) for conv, _ in pairs}
+            alone = [m for m in net.modules() if isinstance(m, nn.Conv2d) and id(m) not in paired]
+            for conv in alone:
+                chosen = outliers(channel_lipschitz(conv, None), self.params.u)
+                conv.weight[chosen] = 0
+                if conv.bias is not None:
+                    conv.bias[chosen] = 0
+                pruned += int(chosen.sum())
+            ctx.metrics["pruned_channels"] = pruned
+            ctx.metrics["clp_residual_layers"] = len(alone)
         return net
