@@ -289,8 +289,13 @@ def _print_plan(cells, results, columns: dict[str, str]) -> None:
         todo += not done
         status = "done" if done else ("failed earlier: to run" if results.has(cell.key) else "to run")
         table.add_row(
-            cell.dataset_name, cell.attack.name, f"detector {cell.detector.name}" if cell.detector else cell.defense.name,
-            columns.get(cell.key, ""), str(cell.seed), cell.budget, status,
+            cell.dataset_name,
+            cell.attack.name,
+            f"detector {cell.detector.name}" if cell.detector else cell.defense.name,
+            columns.get(cell.key, ""),
+            str(cell.seed),
+            cell.budget,
+            status,
         )
     Console().print(table)  # the terminal's real width (COLUMNS when set); rich wraps cells to fit
     click.echo(f"{todo} of {len(cells)} cell(s) to run")

@@ -64,7 +64,8 @@ def row_text(row: dict | None) -> str:
         return "none yet"
     if row.get("detector"):
         m = row["metrics"]
-        return f"{row['attack']}: AUROC {m['auroc']:.3f}, TPR {m['tpr_at_5fpr']:.1f} at 5% holdout FPR ({row['results']}, seed {row['seed']}, {row['finished_at'][:10]})"
+        where = f"({row['results']}, seed {row['seed']}, {row['finished_at'][:10]})"
+        return f"{row['attack']}: AUROC {m['auroc']:.3f}, TPR {m['tpr_at_5fpr']:.1f} at 5% holdout FPR {where}"
     return (
         f"{row['attack']} x {row['defense']}: ASR {row['asr']:.2f} / CA {row['ca']:.2f} "
         f"({row['results']}, seed {row['seed']}, {row['finished_at'][:10]})"
@@ -97,7 +98,9 @@ def document(results_root: Path, mutations: Path | None = None) -> str:
         for name, card in cards()[kind].items():
             checks = ", ".join(f"`{c}`" for c in card["checks"])
             mutants = mutation_text(runs.get(f"{kind}/{name}"))
-            lines.append(f"| `{name}` | {card['official']} | {checks} | {mutants} | {card['deviations']} | {row_text(rows.get((kind, name)))} |")
+            lines.append(
+                f"| `{name}` | {card['official']} | {checks} | {mutants} | {card['deviations']} | {row_text(rows.get((kind, name)))} |"
+            )
     return "\n".join(lines) + "\n"
 
 

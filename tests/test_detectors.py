@@ -187,8 +187,12 @@ def test_scale_up_consistency_by_hand_and_its_data_limited_statistics():
     # 0.1 -> 0.2, 0.3 (class 0, 0): 1; 0.2 -> 0.4, 0.6: 1/2; 0.3 -> 0.6, 0.9: 0; 0.9 -> clipped 1, 1: 1
     assert up.score(Brightness(), x, None).tolist() == [1.0, 0.5, 0.0, 1.0]
     assert up.score(FixedLogits([0.0, 1.0]), x, None).tolist() == [1.0] * 4  # a constant-class model
-    limited = DETECTORS.get("scale_up")(DETECTORS.get("scale_up").Params(factors=(2, 3), variant="data_limited", min_class_images=2), "scale_up")
-    fit = Split((torch.stack([torch.full((4, 4, 3), v) for v in (0.1, 0.2, 0.3, 0.9)]) * 255).round().to(torch.uint8), torch.tensor([0, 0, 0, 1]))
+    limited = DETECTORS.get("scale_up")(
+        DETECTORS.get("scale_up").Params(factors=(2, 3), variant="data_limited", min_class_images=2), "scale_up"
+    )
+    fit = Split(
+        (torch.stack([torch.full((4, 4, 3), v) for v in (0.1, 0.2, 0.3, 0.9)]) * 255).round().to(torch.uint8), torch.tensor([0, 0, 0, 1])
+    )
     from benchbd.detectors.base import DetectorContext
 
     limited.fit(DetectorContext(trainer(), Brightness(), fit, 2, 0))
@@ -207,7 +211,9 @@ def test_ibd_psc_amplifies_the_deepest_batchnorms_without_touching_the_model_and
         bn.weight.uniform_(0.5, 1.5), bn.bias.uniform_(-1, 1), bn.running_mean.uniform_(-1, 1)
     from torch.func import functional_call
 
-    assert torch.allclose(functional_call(bn, {k.split(".", 1)[1]: v for k, v in amplified(torch.nn.Sequential(bn), ["0"], 1.5).items()}, (x,)), 1.5 * bn(x))
+    assert torch.allclose(
+        functional_call(bn, {k.split(".", 1)[1]: v for k, v in amplified(torch.nn.Sequential(bn), ["0"], 1.5).items()}, (x,)), 1.5 * bn(x)
+    )
     detector = DETECTORS.get("ibd_psc")(DETECTORS.get("ibd_psc").Params(n=3), "ibd_psc")
     from benchbd.detectors.base import DetectorContext
 
@@ -341,4 +347,3 @@ def test_a_plugin_detector_from_the_plugin_guide_runs_through_the_cli(tmp_path):
     assert res.exit_code == 0, res.output
     (row,) = [json.loads(p.read_text()) for p in (out / "rows").glob("*.json")]
     assert row["detector"] == "brightest_corner" and 0 <= row["metrics"]["auroc"] <= 1 and row["metrics"]["cost_forward_passes"] == 0
-

@@ -234,6 +234,8 @@ commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, captu
 record = json.loads(RECORD.read_text()) if RECORD.exists() else {}
 for method, name, test, verdict, _ in results:
     runs = [run for run in record.get(method, []) if run["mutant"] != name]
-    record[method] = sorted(runs + [{"mutant": name, "test": test, "caught": verdict == "CAUGHT", "commit": commit}], key=lambda r: r["mutant"])
+    record[method] = sorted(
+        runs + [{"mutant": name, "test": test, "caught": verdict == "CAUGHT", "commit": commit}], key=lambda r: r["mutant"]
+    )
 RECORD.write_text(json.dumps(dict(sorted(record.items())), indent=1) + "\n")
 print(f"recorded in {RECORD.relative_to(ROOT)}")

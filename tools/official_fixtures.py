@@ -173,7 +173,9 @@ def wanet_grid(checkout: Path) -> dict[str, np.ndarray]:
 
     path = checkout / "train.py"
     opt = types.SimpleNamespace(k=4, s=0.5, input_height=32, grid_rescale=1, device="cpu")
-    build = official_statements(path, "main", ["ins = torch.rand", "ins = ins /", "noise_grid = (", "array1d =", "x, y =", "identity_grid = torch.stack"])
+    build = official_statements(
+        path, "main", ["ins = torch.rand", "ins = ins /", "noise_grid = (", "array1d =", "x, y =", "identity_grid = torch.stack"]
+    )
     torch.manual_seed(0)
     ns = run_statements(path, build[:1], {"torch": torch, "F": F, "opt": opt})
     raw = ns["ins"].clone()

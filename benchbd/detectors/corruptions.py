@@ -104,8 +104,7 @@ def jpeg_compression(x, s, gen):
 
 
 CORRUPTIONS = {
-    f.__name__: f
-    for f in (gaussian_noise, shot_noise, impulse_noise, defocus_blur, brightness, contrast, pixelate, jpeg_compression)
+    f.__name__: f for f in (gaussian_noise, shot_noise, impulse_noise, defocus_blur, brightness, contrast, pixelate, jpeg_compression)
 }
 
 

@@ -97,5 +97,7 @@ def detect(
     }
     paper = detector.paper_threshold()
     if paper is not None:  # the paper's fixed T (flag if score >= T), beside, never instead
-        out.update(paper_threshold=paper, tpr_at_paper_threshold=_rate(positives >= paper), fpr_at_paper_threshold=_rate(negatives >= paper))
+        out.update(
+            paper_threshold=paper, tpr_at_paper_threshold=_rate(positives >= paper), fpr_at_paper_threshold=_rate(negatives >= paper)
+        )
     return out

@@ -86,7 +86,9 @@ class IbdPsc(Detector):
         start = k_star + p.offset
         self.ensemble = [min(start + i, len(names)) for i in range(p.n)]
         self.layers = names
-        self.fitted.update(k_star=k_star, selection_errors=errors, ensemble=self.ensemble, selection_fallback=fallback, bn_layers=len(names))
+        self.fitted.update(
+            k_star=k_star, selection_errors=errors, ensemble=self.ensemble, selection_fallback=fallback, bn_layers=len(names)
+        )
 
     def score(self, model, x, gen):
         with torch.no_grad():

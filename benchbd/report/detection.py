@@ -70,8 +70,14 @@ def _controls(rows: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
         table = pd.DataFrame(columns=["backdoored: ASR -> after retuning", "clean model: ASR -> after retuning"], dtype=object)
         for attack, cell in part.groupby("attack", sort=False):
             backdoored = [_mean([_metric(m, k) for m in cell["metrics"]]) for k in ("start_asr", "asr_after_retuning")]
-            clean = [_mean([m["clean_model_retuning_asr"][0] for m in cell["metrics"]]), _mean([_metric(m, "clean_model_asr_after_retuning") for m in cell["metrics"]])]
-            table.loc[attack] = [_cell(backdoored, (".1f", ".1f")).replace(" / ", " -> "), _cell(clean, (".1f", ".1f")).replace(" / ", " -> ")]
+            clean = [
+                _mean([m["clean_model_retuning_asr"][0] for m in cell["metrics"]]),
+                _mean([_metric(m, "clean_model_asr_after_retuning") for m in cell["metrics"]]),
+            ]
+            table.loc[attack] = [
+                _cell(backdoored, (".1f", ".1f")).replace(" / ", " -> "),
+                _cell(clean, (".1f", ".1f")).replace(" / ", " -> "),
+            ]
         out.append((f"{dataset} (budget {budget}), retuning controls (Min et al.): ASR in % before -> after 5 epochs", table))
     return out
 
@@ -86,7 +92,13 @@ def _latex(title: str, table: pd.DataFrame) -> str:
     def tex(text) -> str:
         return str(text).replace("_", r"\_").replace("%", r"\%").replace("->", r"$\to$")
 
-    lines = [r"\begin{table}[t]", r"\centering", rf"\caption{{{tex(title)}}}", r"\begin{tabular}{l" + "r" * len(table.columns) + "}", r"\toprule"]
+    lines = [
+        r"\begin{table}[t]",
+        r"\centering",
+        rf"\caption{{{tex(title)}}}",
+        r"\begin{tabular}{l" + "r" * len(table.columns) + "}",
+        r"\toprule",
+    ]
     lines.append("attack & " + " & ".join(tex(c) for c in table.columns) + r" \\")
     lines.append(r"\midrule")
     lines += [tex(attack) + " & " + " & ".join(tex(v) for v in values) + r" \\" for attack, values in zip(table.index, table.values)]
@@ -100,7 +112,8 @@ def _html(title: str, table: pd.DataFrame) -> str:
         f"<tr><th>{html.escape(str(a))}</th>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in values) + "</tr>"
         for a, values in zip(table.index, table.values)
     )
-    return f"<table>\n<caption>{html.escape(title)}</caption>\n<thead><tr><th>attack</th>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>\n"
+    caption = f"<caption>{html.escape(title)}</caption>"
+    return f"<table>\n{caption}\n<thead><tr><th>attack</th>{head}</tr></thead>\n<tbody>{body}</tbody>\n</table>\n"
 
 
 def render_extras(rows: pd.DataFrame, fmt: str) -> str:

@@ -15,9 +15,9 @@ from typing import Callable
 import pandas as pd
 
 from ..errors import BenchbdError
+from .detection import render_extras
 from .plots import scatter_figure
 from .publish import provenance
-from .detection import render_extras
 from .tables import build_grids, grid_id, html_page, title, to_html
 
 REPORT_STYLE = """

@@ -253,10 +253,14 @@ class Runner:
                             Cell(label, dataset, data, attack, defense, seed, budget, recipe, precision_of(self.device), retune=retuning)
                         )
                 for detector_name in detector_names:
-                    detector = DETECTORS.get(detector_name)(layers.params("detector", detector_name, name, DETECTORS.get(detector_name).Params), detector_name)
+                    detector = DETECTORS.get(detector_name)(
+                        layers.params("detector", detector_name, name, DETECTORS.get(detector_name).Params), detector_name
+                    )
                     for seed in seeds:
                         guard = GuardedModel(GuardedModel.Params(), "none")
-                        cells.append(Cell(label, dataset, data, attack, guard, seed, budget, recipe, precision_of(self.device), detector=detector))
+                        cells.append(
+                            Cell(label, dataset, data, attack, guard, seed, budget, recipe, precision_of(self.device), detector=detector)
+                        )
         return cells
 
     def dataset(self, spec: str, layers: Layers | None = None) -> tuple[str, str, Dataset, LoadedData]:
@@ -437,8 +441,10 @@ class Runner:
         out = retune(trainer, outcome.model, data, cell.retune, cell.seed, evaluate)
         if cell.defense.undefended:
             self.progress.stage("clean model (retuning control)")
-            clean, _ = self.trained_model(cell, trainer, outcome.new_model, "clean model",
-                                          {"clean_train": cell.poison_identity()["dataset"]}, Split.concat(splits.train, splits.holdout))  # fmt: skip
+            whole = Split.concat(splits.train, splits.holdout)
+            clean, _ = self.trained_model(
+                cell, trainer, outcome.new_model, "clean model", {"clean_train": cell.poison_identity()["dataset"]}, whole
+            )
             out.update({f"clean_model_{k}": v for k, v in retune(trainer, clean, data, cell.retune, cell.seed, evaluate).items()})
         return out
 
