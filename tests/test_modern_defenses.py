@@ -4,6 +4,7 @@ import copy
 import re
 
 import numpy as np
+import pytest
 import torch
 from click.testing import CliRunner
 
@@ -347,6 +348,23 @@ def test_rnp_unlearns_below_the_clean_threshold_then_prunes_the_backdoored_model
     assert bn.weight[4] == 0 and bn.bias[4] == batchnorms(backdoored)["units.2.bn2"].bias[4]  # weight only, as the official code
     changed = [n for n, v in out.state_dict().items() if not torch.equal(v, backdoored.state_dict()[n])]
     assert changed == ["units.2.bn2.weight"]  # pruned on the backdoored model, not the unlearned one
+
+
+def test_rnp_halves_its_unlearning_lr_until_unlearning_is_gradual_on_the_clean_data_alone():
+    trainer, holdout, backdoored = rnp_setting()
+    fast = DEFENSES.get("rnp").Params(holdout_share=1.0, batch_size=64, unlearning_lr=0.05)
+    ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=copy.deepcopy(backdoored))
+    DEFENSES.get("rnp")(fast, "rnp").run(ctx)
+    quick = ctx.metrics["unlearning_epochs"]
+    gradual = DEFENSES.get("rnp").Params(holdout_share=1.0, batch_size=64, unlearning_lr=0.05, min_unlearning_epochs=quick + 2)
+    ctx = DefenseContext(trainer, None, 10, 0, holdout=holdout, backdoored_model=copy.deepcopy(backdoored))
+    DEFENSES.get("rnp")(gradual, "rnp").run(ctx)
+    m = ctx.metrics
+    assert m["rnp_unlearning_lrs_tried"][0] == 0.05 and len(m["rnp_unlearning_lrs_tried"]) >= 2
+    assert m["rnp_unlearning_lr"] < 0.05 and m["rnp_unlearning_lr"] in m["rnp_unlearning_lrs_tried"]
+    assert m["unlearning_epochs"] >= quick and m["unlearned_accuracy"] <= 0.2  # the kept run reached the threshold
+    with pytest.raises(ValueError, match="min_unlearning_epochs=30 is more than unlearning_epochs=20"):
+        DEFENSES.get("rnp").Params(min_unlearning_epochs=30)
 
 
 def test_rnp_takes_its_own_share_of_the_holdout():

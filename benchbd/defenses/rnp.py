@@ -37,6 +37,11 @@ class RnpParams:
     holdout_share: float = 0.2  # of the 5% holdout: 1% of the training set, the official --ratio
     clean_threshold: float = 0.2  # unlearning stops once an epoch's clean accuracy is at most this
     unlearning_lr: float = 0.01
+    # > 0: the defender's rule for models trained otherwise than the official (SGD) ones: halve the
+    # unlearning lr (at most lr_halvings times) until unlearning takes at least this many epochs to
+    # reach clean_threshold, as the official log's gradual descent; 0: unlearning_lr as given
+    min_unlearning_epochs: int = 0
+    lr_halvings: int = 8
     unlearning_epochs: int = 20
     unlearning_milestones: tuple[int, ...] = (10, 20)
     recovering_lr: float = 0.2
@@ -51,6 +56,11 @@ class RnpParams:
         check(0 <= self.threshold <= 1, f"threshold={self.threshold} must be in [0, 1]")
         check(self.unlearning_epochs >= 1 and self.recovering_epochs >= 1, "unlearning_epochs and recovering_epochs must be >= 1")
         check(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2")
+        check(self.min_unlearning_epochs >= 0 and self.lr_halvings >= 0, "min_unlearning_epochs and lr_halvings must be >= 0")
+        check(
+            self.min_unlearning_epochs <= self.unlearning_epochs,
+            f"min_unlearning_epochs={self.min_unlearning_epochs} is more than unlearning_epochs={self.unlearning_epochs}",
+        )
 
 
 @DEFENSES.register("rnp", aliases=("reconstructive_neuron_pruning",))
@@ -67,7 +77,7 @@ class ReconstructiveNeuronPruning(Defense):
         p = self.params
         clean = ctx.clean_share(p.holdout_share)
         backdoored = ctx.trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)))
-        unlearned = self.unlearn(ctx, copy.deepcopy(backdoored), clean)
+        unlearned = self.gradual_unlearning(ctx, backdoored, clean)
         ctx.probe("rnp_unlearned", unlearned)  # evaluated for the row: did unlearning keep the backdoor?
         masks = self.recover(ctx, unlearned, clean)
         pruned = 0
@@ -79,14 +89,37 @@ class ReconstructiveNeuronPruning(Defense):
         ctx.metrics["pruned_channels"] = pruned
         return backdoored
 
-    def unlearn(self, ctx, model, clean):
-        """Gradient ascent on the clean data until an epoch's accuracy is at most clean_threshold."""
+    def gradual_unlearning(self, ctx, backdoored, clean):
+        """The unlearned model at unlearning_lr, or with min_unlearning_epochs set, at the largest
+        halving of it whose unlearning takes that many epochs (decided on the clean data only)."""
+        p = self.params
+        lr = p.unlearning_lr
+        model, accuracy, epochs = self.unlearn(ctx, copy.deepcopy(backdoored), clean, lr)
+        tried = [lr]
+        while (
+            p.min_unlearning_epochs and accuracy <= p.clean_threshold and epochs < p.min_unlearning_epochs and len(tried) <= p.lr_halvings
+        ):
+            slower = self.unlearn(ctx, copy.deepcopy(backdoored), clean, lr / 2)
+            tried.append(lr / 2)
+            if slower[1] > p.clean_threshold:  # too slow to get there at all: keep the last run that did
+                break
+            lr, (model, accuracy, epochs) = lr / 2, slower
+        ctx.metrics["unlearned_accuracy"] = round(accuracy, 4)
+        ctx.metrics["unlearning_epochs"] = epochs
+        if p.min_unlearning_epochs:
+            ctx.metrics["rnp_unlearning_lr"] = lr
+            ctx.metrics["rnp_unlearning_lrs_tried"] = tried
+        return model
+
+    def unlearn(self, ctx, model, clean, lr: float) -> tuple[torch.nn.Module, float, int]:
+        """Gradient ascent on the clean data until an epoch's accuracy is at most clean_threshold;
+        (the model, the last epoch's accuracy, the epochs run)."""
         p, trainer = self.params, ctx.trainer
         recipe = TrainRecipe(
-            optimizer="sgd", lr=p.unlearning_lr, momentum=0.9, weight_decay=5e-4, schedule="step",
+            optimizer="sgd", lr=lr, momentum=0.9, weight_decay=5e-4, schedule="step",
             milestones=p.unlearning_milestones, epochs=p.unlearning_epochs, batch_size=p.batch_size,
         )  # fmt: skip
-        optimizer = torch.optim.SGD(model.parameters(), lr=p.unlearning_lr, momentum=0.9, weight_decay=5e-4)
+        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=0.9, weight_decay=5e-4)
         epochs = trainer.run_epochs("RNP unlearning", p.unlearning_epochs, clean)
         schedule = make_schedule(recipe, optimizer, epochs)
         accuracy = 1.0
@@ -107,9 +140,7 @@ class ReconstructiveNeuronPruning(Defense):
             if accuracy <= p.clean_threshold:
                 break
         trainer.progress.end_run()
-        ctx.metrics["unlearned_accuracy"] = round(accuracy, 4)
-        ctx.metrics["unlearning_epochs"] = epoch + 1
-        return model
+        return model, accuracy, epoch + 1
 
     def recover(self, ctx, model, clean) -> dict[str, torch.Tensor]:
         """One mask per BN channel of the unlearned `model`, learnt on the clean data; weights frozen."""
