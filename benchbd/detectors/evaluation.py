@@ -47,9 +47,12 @@ def scores_of(trainer: Trainer, model, detector: Detector, images: torch.Tensor,
     """The detector's score for every image (uint8 [N, H, W, 3]); a seeded stream per purpose."""
     gen = generator(seed, f"detector:{detector.name}:{purpose}", trainer.device)
     out = []
+    trainer.progress.start_run(f"{detector.name}: scoring {purpose}", -(-len(images) // detector.batch_size), detector.batch_size)
     for _, x in trainer.inputs(images, detector.batch_size):
         with torch.no_grad(), trainer.autocast():
             out.append(detector.score(model, x, gen).float().cpu())
+        trainer.progress.advance(1)
+    trainer.progress.end_run()
     return torch.cat(out) if out else torch.empty(0)
 
 
