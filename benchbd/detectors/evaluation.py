@@ -98,6 +98,16 @@ def detect(
         "cost_forward_passes": detector.forward_passes(),
         **{f"{detector.name}_{k}": v for k, v in detector.fitted.items()},
     }
+    # Scores tied at tau (discrete SPC, TeCo's std) can keep the holdout rate far below 5%: the
+    # randomised test that also flags a tied input with probability r (r set so that the holdout
+    # rate is 5% in expectation) has these expected rates, computed, not drawn
+    tied_cal = int((calibration == tau).sum())
+    r = min(1.0, max(0.0, (TARGET_FPR * len(calibration) - int((calibration > tau).sum())) / tied_cal)) if tied_cal else 0.0
+    out.update(
+        tie_flag_probability=round(r, 6),
+        tpr_at_5fpr_tiebreak=_rate(flag_pos.double() + r * (positives == tau).double()),
+        fpr_tiebreak=_rate(flag_neg.double() + r * (negatives == tau).double()),
+    )
     paper = detector.paper_threshold()
     if paper is not None:  # the paper's fixed T (flag if score >= T), beside, never instead
         out.update(

@@ -8,6 +8,12 @@ k* = the first k in 1..L-1 whose top-1 error on labelled clean data exceeds xi; 
 amplifies k*+1 .. k*+n layers (`offset=1`; `offset=0` gives k*..k*+n-1, a reading of the paper's
 Eq. 4); PSC(x) = the mean probability the ensemble gives the original model's label.
 
+The score is -log(1 - PSC), computed from the other labels' probability mass in log space: the
+same order as PSC, without its saturation. In float32 a softmax probability is exactly 1 once the
+logit margin passes about 17, and on the blend model more than 5% of clean holdout images score
+PSC = 1.0, so a threshold at 5% holdout FPR could flag nothing (version 1, measured). The paper's
+T = 0.9 is score 2.3026.
+
 The authors' code crashes when no k < L crosses xi; here k* is then L (all layers, recorded as
 `selection_fallback`), and counts past L saturate at L as theirs do (the ensemble may repeat a
 member). The amplified parameters are passed with `functional_call`: the model is never modified.
@@ -15,6 +21,7 @@ member). The amplified parameters are passed with `functional_call`: the model i
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -59,6 +66,7 @@ class IbdPsc(Detector):
     """IBD-PSC: confidence that survives amplified BatchNorm layers flags a poisoned input (white-box)."""
 
     Params = IbdPscParams
+    version = 2  # 2: the score is -log(1 - PSC) from log-space probabilities (1: PSC in float32, saturating at 1)
     source = "Hou et al., ICML 2024; THUYimingLi/BackdoorBox core/defenses/IBD_PSC.py"
 
     def fit(self, ctx: DetectorContext) -> None:
@@ -93,14 +101,15 @@ class IbdPsc(Detector):
     def score(self, model, x, gen):
         with torch.no_grad():
             label = predicted(model, x)
-            total = torch.zeros(len(x), device=x.device)
+            rest = torch.zeros(len(x), dtype=torch.float64, device=x.device)  # sum over members of 1 - p(label)
             for count in self.ensemble:
-                probs = functional_call(model, amplified(model, self.layers[:count], self.params.omega), (x,)).float().softmax(1)
-                total += probs.gather(1, label[:, None]).squeeze(1)
-        return total / len(self.ensemble)
+                logits = functional_call(model, amplified(model, self.layers[:count], self.params.omega), (x,)).double()
+                others = logits.scatter(1, label[:, None], float("-inf"))
+                rest += (others.logsumexp(1) - logits.logsumexp(1)).exp()
+        return -(rest / len(self.ensemble)).log()
 
     def paper_threshold(self) -> float | None:
-        return 0.9  # T of both authorial copies
+        return -math.log(1 - 0.9)  # T = 0.9 on PSC, both authorial copies
 
     def forward_passes(self) -> int:
         return self.params.n
