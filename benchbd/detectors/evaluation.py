@@ -8,6 +8,8 @@ no poisoned image enters any decision: `threshold_at_fpr` sees H_cal's scores on
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from ..data.splits import Split
@@ -67,6 +69,7 @@ def detect(
 
     `backdoor`: the triggered non-target test images with their true labels. Rates in %."""
     model = trainer.prepare(model).eval()
+    detector = copy.deepcopy(detector)  # fit() keeps state (overlays, statistics): one cell's, not shared by the next
     fit, cal = split_calibration(holdout, seed)
     torch.manual_seed(derive(seed, f"detector:{detector.name}"))
     detector.fit(DetectorContext(trainer, model, fit, num_classes, seed))

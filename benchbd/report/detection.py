@@ -13,6 +13,8 @@ import html
 
 import pandas as pd
 
+from .tables import _tex
+
 DETECTION_FIELDS = ("auroc", "tpr_at_5fpr", "filtered_asr")
 
 
@@ -21,7 +23,7 @@ def detector_rows(rows: pd.DataFrame) -> pd.DataFrame:
     if rows.empty or "detector" not in rows:
         return rows.iloc[0:0]
     part = rows[rows["detector"].notna()]
-    return part[part.get("status", "ok").fillna("ok") != "failed"] if "status" in part else part
+    return part[part["status"].fillna("ok") != "failed"] if "status" in part else part
 
 
 def without_detectors(rows: pd.DataFrame) -> pd.DataFrame:
@@ -90,7 +92,7 @@ def _markdown(title: str, table: pd.DataFrame) -> str:
 
 def _latex(title: str, table: pd.DataFrame) -> str:
     def tex(text) -> str:
-        return str(text).replace("_", r"\_").replace("%", r"\%").replace("->", r"$\to$")
+        return _tex(str(text)).replace("->", r"$\to$")
 
     lines = [
         r"\begin{table}[t]",
