@@ -2,10 +2,10 @@
 
 The whole split is moved to the device once as uint8; batches are gathered, augmented and
 converted there, channels_last; on CUDA also bf16 autocast. The loop does not synchronise with
-the host inside an epoch (the running loss is read once per epoch). Every training loop drops the
-last partial batch, as the official loaders of the paper's defenses do (`drop_last=True`; some
-modern methods' official loaders keep it: docs/deviations.md): a split smaller than one batch
-trains on one batch of all of it.
+the host inside an epoch (the running loss is read once per epoch). Training loops drop the last
+partial batch by default, as the official loaders of the paper's defenses do (`drop_last=True`);
+methods whose official loaders keep it pass `drop_last=False` (docs/deviations.md). A split
+smaller than one batch trains on one batch of all of it.
 """
 
 from __future__ import annotations
@@ -86,9 +86,10 @@ class TrainingDiverged(RuntimeError):
     """A training run's loss became NaN or infinite: the cell fails with this reason, the grid goes on."""
 
 
-def steps_per_epoch(n: int, batch_size: int, budget: "Budget") -> int:
-    """Full batches only (drop_last); one batch of all `n` when `n` is smaller than a batch."""
-    steps = n // batch_size if n >= batch_size else 1
+def steps_per_epoch(n: int, batch_size: int, budget: "Budget", drop_last: bool = True) -> int:
+    """Full batches only with `drop_last` (one batch of all `n` when `n` is smaller than a batch),
+    else every image, the last batch partial."""
+    steps = math.ceil(n / batch_size) if not drop_last else (n // batch_size if n >= batch_size else 1)
     if budget.max_steps_per_epoch is not None:
         steps = min(steps, budget.max_steps_per_epoch)
     return steps
@@ -198,12 +199,14 @@ class Trainer:
         wrap_optimizer: Callable[[torch.optim.Optimizer], torch.optim.Optimizer] | None = None,
         mixed_precision: bool = True,
         augment: bool = True,
+        drop_last: bool = True,
     ) -> nn.Module:
         """Train `params` (default: every parameter that requires grad) of `model` on `data`.
 
         `wrap_optimizer(optimizer)` may replace the recipe's optimizer (DP-SGD);
         `mixed_precision=False` keeps float32 on CUDA too; `augment=False` trains on the images as
-        they are (ABL's isolation and unlearning, as the official code)."""
+        they are (ABL's isolation and unlearning, as the official code); `drop_last=False` keeps the
+        last partial batch (methods whose official loader keeps it)."""
         model = self.prepare(model)
         params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
         optimizer = make_optimizer(recipe, params)
@@ -216,7 +219,7 @@ class Trainer:
         if control is not None:
             poisoned, eligible = data.poison_mask.to(self.device), data.eligible_mask.to(self.device)
         n, bs = len(labels), recipe.batch_size
-        steps = steps_per_epoch(n, bs, self.budget)
+        steps = steps_per_epoch(n, bs, self.budget, drop_last)
         gen = generator(self.seed, f"fit:{desc}", self.device)
         self.progress.start_run(desc, epochs * steps, min(bs, n))
         with attached(control, model):
@@ -275,14 +278,14 @@ class Trainer:
         ]
         return torch.cat(out) if out else torch.empty(0)
 
-    def batches(self, data: Split, batch_size: int, purpose: str, augment: bool = False):
+    def batches(self, data: Split, batch_size: int, purpose: str, augment: bool = False, drop_last: bool = True):
         """One seeded pass over `data` in shuffled batches of float inputs on the device, for
-        defenses with loops of their own (ANP, I-BAU). Full batches only, as `fit`; honours the
-        budget's step cap."""
+        defenses with loops of their own (ANP, I-BAU). Full batches only unless `drop_last=False`,
+        as `fit`; honours the budget's step cap."""
         gen = generator(self.seed, f"batches:{purpose}", self.device)
         images, labels = data.images.to(self.device), data.labels.to(self.device)
         order = torch.randperm(len(labels), device=self.device, generator=gen)
-        for step in range(steps_per_epoch(len(labels), batch_size, self.budget)):
+        for step in range(steps_per_epoch(len(labels), batch_size, self.budget, drop_last)):
             index = order[step * batch_size : (step + 1) * batch_size]
             x = self.pipeline.train(images[index], gen) if augment else self.pipeline.test(images[index])
             self.count_batch(len(index))

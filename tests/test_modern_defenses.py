@@ -10,10 +10,11 @@ from click.testing import CliRunner
 
 from benchbd.attacks import ATTACKS
 from benchbd.cli import main
+from benchbd.config import Layers, parse_set
 from benchbd.defenses import DEFENSES, DefenseContext, defense_groups
 from benchbd.defenses.clp import conv_bn_pairs
 from benchbd.models import create_model
-from benchbd.runner import Results
+from benchbd.runner import Cache, Results, Runner
 
 from .conftest import REPO
 from .test_cli import SYN
@@ -759,3 +760,31 @@ def test_clp_residual_convs_examines_the_convolutions_no_batchnorm_follows():
         assert bool((conv.weight[9] == 0).all()) is expect
         assert ("clp_residual_layers" in ctx.metrics) is residual and ctx.metrics["clp_layers"] == 7
     assert int((target.weight[9] == 0).all()) == 0  # the backdoored model is left alone
+
+
+def test_defenses_whose_official_loader_keeps_the_last_partial_batch_keep_it(tmp_path, monkeypatch):
+    """FST, FT-SAM, NC, SAU, RNP and BTI-DBF (drop_last=False in their official loaders); the
+    backdoored model's training and plain fine-tuning drop it (the paper's defenses' loaders)."""
+    from benchbd.train import Trainer
+
+    calls = []
+    fit, batches = Trainer.fit, Trainer.batches
+
+    def spy_fit(self, model, data, recipe, **kw):
+        calls.append((kw.get("desc"), kw.get("drop_last", True)))
+        return fit(self, model, data, recipe, **kw)
+
+    def spy_batches(self, data, batch_size, purpose, augment=False, drop_last=True):
+        calls.append((purpose, drop_last))
+        return batches(self, data, batch_size, purpose, augment, drop_last)
+
+    monkeypatch.setattr(Trainer, "fit", spy_fit)
+    monkeypatch.setattr(Trainer, "batches", spy_batches)
+    layers = Layers(cli=parse_set(["defense.nc.anomaly_threshold=0.001"]))  # NC flags labels, so it unlearns
+    runner = Runner(Results(tmp_path / "r"), Cache(tmp_path / "c"), layers, device="cpu")
+    rows = runner.run(runner.plan(["synthetic"], "badnet_grid", "fst,ftsam,nc,sau,rnp,bti_dbf,ft", [0], "smoke"))
+    assert all(r["status"] == "ok" for r in rows)
+    kept = {name.split(":")[0] for name, drop in calls if not drop}
+    dropped = {name.split(":")[0] for name, drop in calls if drop}
+    assert {"fst", "ft-sam", "NC unlearning", "nc", "sau", "rnp", "bti"} <= kept
+    assert kept.isdisjoint(dropped) and {"backdoored", "fine-tuning"} <= dropped

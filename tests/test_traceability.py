@@ -14,11 +14,14 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
+from benchbd.attacks import ATTACKS
 from benchbd.cli import main
 from benchbd.config import Layers, parse_set
+from benchbd.defenses import DEFENSES
 from benchbd.report.tables import build_grids, to_csv, to_latex, to_markdown
 from benchbd.runner import Cache, Results, Runner
 from benchbd.runner.grid import package_sha256
+from benchbd.train import TRAINER_VERSION
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tools"))
@@ -115,6 +118,8 @@ def test_smoke_rows_record_one_epoch_and_a_cached_model_says_so(tmp_path):
     assert [(t["name"], t["epochs"], t["steps"], t["cached"]) for t in none["trainings"]] == [("backdoored", 1, 2, False)]
     assert [(t["name"], t["epochs"], t["cached"]) for t in ft["trainings"]] == [("backdoored", 1, True), ("fine-tuning", 1, False)]
     assert none["precision"] == "fp32" and len(none["data_sha256"]) == 64 and len(none["code_sha256"]) == 64
+    blend, fine_tuning = ATTACKS.get("blend").version, DEFENSES.get("ft").version
+    assert ft["versions"] == {"attack": blend, "defense": fine_tuning, "trainer": TRAINER_VERSION}
 
 
 def test_precision_and_budget_rule_are_in_the_key(tmp_path):

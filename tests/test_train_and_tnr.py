@@ -123,3 +123,15 @@ def test_stage1_traps_the_input_in_the_stem_through_its_reconstruction_loss():
     untrained = TrapNet(new_model(), new_model().default_split)
     before = reconstruction_mse(trainer, untrained, splits.holdout)
     assert ctx.metrics["recon_mse"] < 0.3 * before, (ctx.metrics["recon_mse"], before)
+
+
+def test_drop_last_false_trains_on_every_image_and_true_on_full_batches_only():
+    train = synthetic(n_train=20, n_test=10).train.subset(torch.arange(10))
+    budget = Budget("t", max_epochs=1)
+    for drop_last, steps, images in ((True, 2, 8), (False, 3, 10)):
+        trainer = Trainer(SmallImages(), budget, "cpu", seed=0)
+        trainer.fit(create_model("wrn16_1", 10), train, TrainRecipe(epochs=1, batch_size=4), drop_last=drop_last)
+        assert (trainer.trainings[-1]["steps"], trainer.trainings[-1]["images"]) == (steps, images)
+        seen = torch.cat([y for _, y in trainer.batches(train, 4, "pass", drop_last=drop_last)])
+        assert len(seen) == images
+    assert sorted(seen.tolist()) == sorted(train.labels.tolist())  # each image once

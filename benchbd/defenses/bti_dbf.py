@@ -163,7 +163,9 @@ class BtiDbf(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Xu et al., ICLR 2024"
-    version = 2  # 2: bounds and noise in normalised units, spatial features, the official UNet (1: [0, 1] pixels, pooled features)
+    # 3: the last partial batch is kept, as the official loader; 2: bounds and noise in normalised units,
+    # spatial features, the official UNet (1: [0, 1] pixels, pooled features)
+    version = 3
 
     def run(self, ctx):
         p, trainer = self.params, ctx.trainer
@@ -208,7 +210,7 @@ class BtiDbf(Defense):
         trainer.progress.start_run("BTI-DBF generator warm-up", epochs)
         for epoch in range(epochs):
             gen_net.train()
-            for x, _ in trainer.batches(holdout, p.batch_size, f"bti:warm:{epoch}", augment=True):
+            for x, _ in trainer.batches(holdout, p.batch_size, f"bti:warm:{epoch}", augment=True, drop_last=False):
                 out = gen_net(x)
                 feat, out_feat = frozen.spatial_features(x), frozen.spatial_features(out)
                 logits, out_logits = frozen.from_spatial_features(feat), frozen.from_spatial_features(out_feat)
@@ -232,7 +234,7 @@ class BtiDbf(Defense):
         trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: benign features", epochs)
         for epoch in range(epochs):
             inverse.train()  # as the official code: batch statistics while the mask learns
-            for x, y in trainer.batches(holdout, p.batch_size, f"bti:mask:{round_}:{epoch}", augment=True):
+            for x, y in trainer.batches(holdout, p.batch_size, f"bti:mask:{round_}:{epoch}", augment=True, drop_last=False):
                 mask = feature_mask(raw)
                 feat = inverse.spatial_features(x)
                 loss = F.cross_entropy(inverse.from_spatial_features(mask * feat), y) - F.cross_entropy(
@@ -249,7 +251,7 @@ class BtiDbf(Defense):
         trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: trigger generator", epochs)
         for epoch in range(epochs):
             gen_net.train()
-            for x, y in trainer.batches(holdout, p.batch_size, f"bti:gen:{round_}:{epoch}", augment=True):
+            for x, y in trainer.batches(holdout, p.batch_size, f"bti:gen:{round_}:{epoch}", augment=True, drop_last=False):
                 out = gen_net(x)
                 feat, out_feat = inverse.spatial_features(x), inverse.spatial_features(out)
                 benign = F.mse_loss(mask * feat, mask * out_feat)
@@ -290,7 +292,7 @@ class BtiDbf(Defense):
         trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: unlearning", epochs)
         for epoch in range(epochs):
             classifier.train()
-            for x, y in trainer.batches(holdout, p.batch_size, f"bti:unlearn:{round_}:{epoch}", augment=True):
+            for x, y in trainer.batches(holdout, p.batch_size, f"bti:unlearn:{round_}:{epoch}", augment=True, drop_last=False):
                 count = min(len(x), int(p.generated_share * len(x) + 1))
                 chosen = torch.randperm(len(x), generator=gen, device=x.device)[:count]
                 mixed = x.clone()

@@ -45,6 +45,7 @@ class FeatureShiftTuning(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Min et al., NeurIPS 2023"
+    version = 2  # 2: the last partial batch is kept, as the official loader (1: dropped)
 
     def run(self, ctx):
         net = copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))
@@ -69,4 +70,4 @@ class FeatureShiftTuning(Defense):
             optimizer.register_step_post_hook(keep_norm)
             return optimizer
 
-        return ctx.trainer.fit(net, clean, self.params.recipe, loss=loss, wrap_optimizer=with_projection, desc="fst")
+        return ctx.trainer.fit(net, clean, self.params.recipe, loss=loss, wrap_optimizer=with_projection, desc="fst", drop_last=False)

@@ -91,6 +91,7 @@ class FtSam(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Zhu et al., ICCV 2023"
+    version = 2  # 2: the last partial batch is kept, as the official loader (1: dropped)
 
     def run(self, ctx):
         net = copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL))
@@ -100,4 +101,5 @@ class FtSam(Defense):
             optimizer.register_step_pre_hook(sam.restore)
             return optimizer
 
-        return ctx.trainer.fit(net, ctx.need(Need.HOLDOUT), self.params.recipe, loss=sam.loss, wrap_optimizer=restoring, desc="ft-sam")
+        holdout = ctx.need(Need.HOLDOUT)
+        return ctx.trainer.fit(net, holdout, self.params.recipe, loss=sam.loss, wrap_optimizer=restoring, desc="ft-sam", drop_last=False)

@@ -125,7 +125,9 @@ class NeuralCleanse(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Wang et al., IEEE S&P 2019"
-    version = 2  # 2: the MAD test's medians as numpy's (mean of the two middle values), not torch's lower one
+    # 3: the last partial batch is kept, as the official loaders; 2: the MAD test's medians as numpy's
+    # (mean of the two middle values), not torch's lower one
+    version = 3
 
     def run(self, ctx):
         model = ctx.trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)))
@@ -149,7 +151,7 @@ class NeuralCleanse(Defense):
             stamped = stamp(x, masks[which], patterns[which])
             return F.cross_entropy(net(torch.where(chosen[:, None, None, None], stamped, x)), y)
 
-        return ctx.trainer.fit(model, holdout, self.params.recipe, loss=unlearning_loss, desc="NC unlearning")
+        return ctx.trainer.fit(model, holdout, self.params.recipe, loss=unlearning_loss, desc="NC unlearning", drop_last=False)
 
     def reverse_engineer(self, ctx, model, holdout, label: int) -> tuple[torch.Tensor, torch.Tensor]:
         """The smallest-L1 (mask [1, H, W], pattern [3, H, W]) that sends the holdout to `label`."""
@@ -167,7 +169,7 @@ class NeuralCleanse(Defense):
         for epoch in range(epochs):
             hits = torch.zeros((), device=dev)
             seen = 0
-            for x, _ in trainer.batches(holdout, p.batch_size, f"nc:{label}:{epoch}"):
+            for x, _ in trainer.batches(holdout, p.batch_size, f"nc:{label}:{epoch}", drop_last=False):
                 mask, pattern = to_unit(mask_raw), to_unit(pattern_raw)
                 with trainer.autocast():
                     logits = model(stamp(x, mask, pattern))

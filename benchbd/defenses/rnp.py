@@ -71,7 +71,9 @@ class ReconstructiveNeuronPruning(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Li et al., ICML 2023"
-    version = 2  # 2: no gradient clipping in unlearning, as the official code (whose clip call acts on zeroed gradients)
+    # 3: the last partial batch is kept, as the official loader; 2: no gradient clipping in unlearning, as the
+    # official code (whose clip call acts on zeroed gradients)
+    version = 3
 
     def run(self, ctx):
         p = self.params
@@ -127,7 +129,7 @@ class ReconstructiveNeuronPruning(Defense):
         for epoch in range(epochs):
             model.train()
             correct = seen = 0
-            for x, y in trainer.batches(clean, p.batch_size, f"rnp:unlearn:{epoch}", augment=True):
+            for x, y in trainer.batches(clean, p.batch_size, f"rnp:unlearn:{epoch}", augment=True, drop_last=False):
                 logits = model(x)
                 optimizer.zero_grad(set_to_none=True)
                 (-F.cross_entropy(logits, y)).backward()
@@ -153,7 +155,7 @@ class ReconstructiveNeuronPruning(Defense):
         trainer.progress.start_run("RNP recovering", epochs)
         for epoch in range(epochs):
             model.train()
-            for x, y in trainer.batches(clean, p.batch_size, f"rnp:recover:{epoch}", augment=True):
+            for x, y in trainer.batches(clean, p.batch_size, f"rnp:recover:{epoch}", augment=True, drop_last=False):
                 override = {f"{n}.weight": m.weight * masks[n] for n, m in bns.items()}
                 loss = p.alpha * F.cross_entropy(functional_call(model, override, (x,)), y)
                 optimizer.zero_grad(set_to_none=True)

@@ -75,7 +75,7 @@ class SharedAdversarialUnlearning(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Wei et al., NeurIPS 2023 (official code in BackdoorBench)"
-    version = 2  # 2: Adam with amsgrad, as the official train_settings_generate.py
+    version = 3  # 3: the last partial batch is kept, as the official loader; 2: Adam with amsgrad (train_settings_generate.py)
 
     def run(self, ctx):
         p, trainer = self.params, ctx.trainer
@@ -88,7 +88,7 @@ class SharedAdversarialUnlearning(Defense):
         seen = 0
         trainer.progress.start_run("SAU", rounds)
         for epoch in range(rounds):
-            for x, y in trainer.batches(holdout, p.batch_size, f"sau:{epoch}"):
+            for x, y in trainer.batches(holdout, p.batch_size, f"sau:{epoch}", drop_last=False):
                 delta = self.shared_pgd(model, reference, x, y)
                 loss, n_shared = self.unlearning_loss(model, reference, x, y, delta)
                 optimizer.zero_grad(set_to_none=True)

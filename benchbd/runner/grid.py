@@ -87,6 +87,11 @@ class Cell:
             out["retune"] = as_dict(self.retune)
         return out
 
+    def versions(self) -> dict:
+        """The methods' and the trainer's version numbers (all in the key): which code a row's numbers come from."""
+        out = {"attack": self.attack.version, "defense": self.defense.version, "trainer": TRAINER_VERSION}
+        return {**out, "detector": self.detector.version} if self.detector is not None else out
+
     @property
     def key(self) -> str:
         return content_key(
@@ -338,6 +343,7 @@ class Runner:
             "budget": cell.budget,
             "model": cell.model_name,
             "params": cell.params(),
+            "versions": cell.versions(),
             "data_sha256": cell.data.sha256,
             **({"data_warnings": cell.data.warnings} if cell.data.warnings else {}),
             "device": self.device_name(),
