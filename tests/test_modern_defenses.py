@@ -721,6 +721,25 @@ def test_nc_mad_test_gives_the_official_anomaly_index_and_flags():
         assert labels == [int(i) for i in np.nonzero(flagged)[0]]
 
 
+def test_spectral_scores_match_the_official_code_uncentred_and_the_paper_centred():
+    """MadryLab's compute_corr.py on one label's fixed features (80 clean rows, 20 shifted): the same top
+    singular vector; `centred=False` ranks as its |v . R| and removes what its 85th percentile removes;
+    the default is the paper's centred score, which differs on these features."""
+    from benchbd.defenses.spectral import spectral_scores
+
+    fixture = official("spectral_scores")
+    features, v = torch.from_numpy(fixture["features"]), fixture["top_vector"]
+    official_order = np.argsort(-fixture["scores"], kind="stable")
+    uncentred = spectral_scores(features, centred=False).numpy()
+    assert np.allclose(uncentred, fixture["scores"] ** 2)
+    removed = fixture["removed"]
+    assert sorted(np.argsort(-uncentred, kind="stable")[: len(removed)].tolist()) == sorted(removed.tolist())
+    assert np.array_equal(np.argsort(-uncentred, kind="stable"), official_order)
+    centred = fixture["features"] - fixture["features"].mean(0)
+    assert np.allclose(spectral_scores(features).numpy(), (centred @ v) ** 2)  # v's sign does not matter once squared
+    assert set(np.argsort(-spectral_scores(features).numpy())[: len(removed)].tolist()) != set(removed.tolist())
+
+
 def test_clp_prunes_the_channels_the_official_code_prunes():
     """rkteddy's CLP on a seeded conv -> BN -> ReLU -> conv -> BN network (a planted high-bound channel per
     layer) at u = 3 and u = 0: the same BN channels zeroed."""

@@ -7,33 +7,20 @@ analysis, never as part of the defense).
 
 from __future__ import annotations
 
-import argparse
 import copy
-from pathlib import Path
 
 import torch
+from cached_cell import cached_runner, cell_arguments
 from torch import nn
 
 from benchbd.defenses.clp import channel_lipschitz, conv_bn_pairs, outliers
-from benchbd.runner import Cache, Results, Runner
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in (
-        ("--dataset", "cifar10"),
-        ("--attack", "blend"),
-        ("--budget", "fast"),
-        ("--cache-dir", None),
-        ("--data-root", None),
-    ):
-        parser.add_argument(name, default=default)
-    parser.add_argument("--seed", type=int, default=0)
+    parser = cell_arguments(__doc__.splitlines()[0])
     parser.add_argument("--u", type=float, default=3.0)
     args = parser.parse_args()
-    runner = Runner(
-        Results("/tmp/clp-study"), Cache(args.cache_dir), data_root=Path(args.data_root) if args.data_root else None, device="cpu"
-    )
+    runner = cached_runner(args, "/tmp/clp-study")
     (cell,) = runner.plan([args.dataset], args.attack, "none", [args.seed], args.budget)
     outcome = runner.defend(cell)  # the cached backdoored model
     model, trainer, test = outcome.model, outcome.trainer, outcome.splits.test

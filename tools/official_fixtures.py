@@ -6,6 +6,7 @@
     python tools/official_fixtures.py input_aware_generator --checkout PATH/TO/VinAIResearch/input-aware-backdoor-attack-release
     python tools/official_fixtures.py wanet_grid --checkout PATH/TO/VinAIResearch/Warping-based_Backdoor_Attack-release
     python tools/official_fixtures.py bpp_squeeze --checkout PATH/TO/RU-System-Software-and-Security/BppAttack
+    python tools/official_fixtures.py spectral_scores --checkout PATH/TO/MadryLab/backdoor_data_poisoning
 
 Each fixture is an .npz under tests/fixtures/official/ holding the inputs, the official outputs (and
 weights, where a network is compared), the official repository and its commit; the tests feed
@@ -217,6 +218,33 @@ def bpp_squeeze(checkout: Path) -> dict[str, np.ndarray]:
     return {"images": images.numpy(), "squeezed": squeezed.numpy(), "negatives": torch.stack(negatives).numpy()}
 
 
+def spectral_features(seed: int = 0) -> np.ndarray:
+    """One label's representations (non-negative, as post-ReLU features): 80 clean rows around a
+    positive mean and 20 poisoned ones shifted along one direction, in 12 dimensions; the mean's own
+    projection on the top singular vector is large, so centring changes the ranking."""
+    rng = np.random.default_rng(seed)
+    clean = np.abs(rng.normal(2.0, 0.6, size=(80, 12)))
+    shift = np.zeros(12)
+    shift[:3] = 1.5
+    poisoned = np.abs(rng.normal(2.0, 0.6, size=(20, 12)) + shift)
+    return np.concatenate([clean, poisoned])
+
+
+def spectral_scores(checkout: Path) -> dict[str, np.ndarray]:
+    """Spectral Signatures as compute_corr.py scores one label (inline in compute_corr): the top right
+    singular vector of the centred representations, each representation's |projection| on it
+    (uncentred, as the official line 101) and the removal above the 85th percentile (config.json)."""
+    path = checkout / "compute_corr.py"
+    statements = official_statements(
+        path, "compute_corr",
+        ["full_mean = np.mean(full_cov", "centered_cov = full_cov - full_mean", "u,s,v = np.linalg.svd(centered_cov", "eigs = v[0:1]",
+         "p = total_p", "corrs = np.matmul(eigs", "scores = np.linalg.norm(corrs", "p_score = np.percentile", "top_scores = np.where"],
+    )  # fmt: skip
+    features = spectral_features()
+    ns = run_statements(path, statements, {"np": np, "full_cov": features, "total_p": 85})
+    return {"features": features, "top_vector": ns["eigs"][0], "scores": ns["scores"], "removed": ns["top_scores"]}
+
+
 def draw_bn_statistics(net: torch.nn.Module) -> None:
     """BN affine parameters and running statistics away from their defaults, module by module, from
     the global generator (the tests draw them the same way for benchbd's network)."""
@@ -236,6 +264,7 @@ FIXTURES = {
     "input_aware_generator": (input_aware_generator, "VinAIResearch/input-aware-backdoor-attack-release"),
     "wanet_grid": (wanet_grid, "VinAIResearch/Warping-based_Backdoor_Attack-release"),
     "bpp_squeeze": (bpp_squeeze, "RU-System-Software-and-Security/BppAttack"),
+    "spectral_scores": (spectral_scores, "MadryLab/backdoor_data_poisoning"),
 }
 
 
