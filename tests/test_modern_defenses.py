@@ -740,6 +740,29 @@ def test_spectral_scores_match_the_official_code_uncentred_and_the_paper_centred
     assert set(np.argsort(-spectral_scores(features).numpy())[: len(removed)].tolist()) != set(removed.tolist())
 
 
+def test_activation_clustering_reduces_clusters_and_judges_size_as_art():
+    """ART's cluster_activations (PCA 10, 2-means) and analyze_by_relative_size on fixed activations of
+    four labels: a third poisoned, half, 52 of 150 (34.67%, which ART rounds to 0.35: not poison), and a
+    clean label with a third apart (the size rule's false positive). The same projections (up to each
+    axis' sign), the same partitions (up to the clusters' names) and the same decisions."""
+    from benchbd.defenses.activation_clustering import poison_by_size, reduce, two_means
+
+    fixture = official("ac_clusters")
+    for i in range(len(fixture["sizes"])):
+        ours = reduce(torch.from_numpy(fixture[f"activations_{i}"]), 10).numpy()
+        theirs = fixture[f"reduced_{i}"]
+        signs = np.sign((ours * theirs).sum(0))
+        assert np.allclose(ours * signs, theirs, atol=1e-8)
+        assign = two_means(torch.from_numpy(ours), 10, torch.Generator().manual_seed(0)).numpy()
+        official_assign = fixture[f"clusters_{i}"]
+        assert np.array_equal(assign, official_assign) or np.array_equal(assign, 1 - official_assign)
+        smaller = int(min(np.bincount(assign, minlength=2)))
+        flagged = poison_by_size(smaller, len(assign), 0.35)
+        assert flagged == bool(fixture[f"poison_clusters_{i}"].any())
+        assert flagged == (fixture[f"assigned_clean_{i}"].sum() < len(assign))
+    assert not poison_by_size(52, 150, 0.35) and 52 < 0.35 * 150  # the rounding decides this label
+
+
 def test_clp_prunes_the_channels_the_official_code_prunes():
     """rkteddy's CLP on a seeded conv -> BN -> ReLU -> conv -> BN network (a planted high-bound channel per
     layer) at u = 3 and u = 0: the same BN channels zeroed."""

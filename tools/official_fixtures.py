@@ -7,6 +7,8 @@
     python tools/official_fixtures.py wanet_grid --checkout PATH/TO/VinAIResearch/Warping-based_Backdoor_Attack-release
     python tools/official_fixtures.py bpp_squeeze --checkout PATH/TO/RU-System-Software-and-Security/BppAttack
     python tools/official_fixtures.py spectral_scores --checkout PATH/TO/MadryLab/backdoor_data_poisoning
+    PYTHONPATH=DIR python tools/official_fixtures.py ac_clusters --checkout PATH/TO/Trusted-AI/adversarial-robustness-toolbox
+      (DIR holding scikit-learn, narwhals, joblib, threadpoolctl and tqdm, which ART imports)
 
 Each fixture is an .npz under tests/fixtures/official/ holding the inputs, the official outputs (and
 weights, where a network is compared), the official repository and its commit; the tests feed
@@ -245,6 +247,48 @@ def spectral_scores(checkout: Path) -> dict[str, np.ndarray]:
     return {"features": features, "top_vector": ns["eigs"][0], "scores": ns["scores"], "removed": ns["top_scores"]}
 
 
+# Per label: (clean rows, poisoned rows). A third of the label; half of it; 52 of 150 (34.67%, which
+# ART rounds to 0.35 before its test "< 0.35"); a clean label alone.
+AC_LABELS = [(40, 20), (30, 30), (98, 52), (60, 0)]
+
+
+def ac_activations(seed: int = 0) -> list[np.ndarray]:
+    """One label's last hidden activations per entry of AC_LABELS (24 dimensions, non-negative):
+    the poisoned rows shifted in a few dimensions; the clean-only label spread in two blobs."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for clean, poisoned in AC_LABELS:
+        rows = np.abs(rng.normal(1.0, 0.3, size=(clean + poisoned, 24)))
+        rows[clean:, :4] += 2.0
+        if poisoned == 0:
+            rows[: clean // 3, 4:8] += 1.5
+        out.append(rows)
+    return out
+
+
+def ac_clusters(checkout: Path) -> dict[str, np.ndarray]:
+    """ART's ActivationDefence pieces on fixed activations (AC_LABELS): cluster_activations (PCA to
+    10 dimensions, 2-means) and ClusteringAnalyzer.analyze_by_relative_size (0.35), as the
+    ActivationDefence defaults; KMeans drawn from numpy's global generator, seeded here."""
+    sys.path.insert(0, str(checkout))
+    from art.defences.detector.poison.activation_defence import cluster_activations
+    from art.defences.detector.poison.clustering_analyzer import ClusteringAnalyzer
+
+    activations = ac_activations()
+    np.random.seed(0)
+    clusters, reduced = cluster_activations(activations, nb_clusters=2, nb_dims=10, reduce="PCA")
+    out = {"sizes": np.array(AC_LABELS)}
+    for i, (rows, assign, points) in enumerate(zip(activations, clusters, reduced)):
+        try:  # one label at a time: its report line tests `id in np.where(...)`, an error under numpy 2
+            clean, poison, _ = ClusteringAnalyzer().analyze_by_relative_size([assign], size_threshold=0.35)
+            clean, poison = np.asarray(clean[0], dtype=np.int64), poison[0]
+        except ValueError:  # raised only when no cluster is flagged (the empty np.where); numpy 1 read it as False
+            clean, poison = np.ones(len(assign), dtype=np.int64), np.zeros(2)
+        out.update({f"activations_{i}": rows, f"clusters_{i}": assign, f"reduced_{i}": points})
+        out.update({f"assigned_clean_{i}": clean, f"poison_clusters_{i}": poison})
+    return out
+
+
 def draw_bn_statistics(net: torch.nn.Module) -> None:
     """BN affine parameters and running statistics away from their defaults, module by module, from
     the global generator (the tests draw them the same way for benchbd's network)."""
@@ -265,6 +309,7 @@ FIXTURES = {
     "wanet_grid": (wanet_grid, "VinAIResearch/Warping-based_Backdoor_Attack-release"),
     "bpp_squeeze": (bpp_squeeze, "RU-System-Software-and-Security/BppAttack"),
     "spectral_scores": (spectral_scores, "MadryLab/backdoor_data_poisoning"),
+    "ac_clusters": (ac_clusters, "Trusted-AI/adversarial-robustness-toolbox"),
 }
 
 

@@ -4,13 +4,14 @@ ones fall into different clusters of the last hidden layer's activations.
 For every given label: the backdoored model's last hidden activations (the classifier's input) of
 all the label's training images at once, centred, reduced to 10 dimensions (PCA, as ART; the paper
 uses ICA), split by 2-means (k-means++, 10 seeded restarts). A cluster holding less than 35% of
-its label is poison (relative size). Where no cluster is that small, as at 10% all-to-one, where
-about half the target label is poison, the paper's exclusionary reclassification decides: a model
-trained without the cluster classifies it; a cluster mostly classified as another label (own-label
-count l over the most frequent other label's count p below 1) is poison; of a label's two
-clusters at most the one with the lower l/p is removed (on a tie, as when neither cluster is
-classified as its label at all, the one whose predictions spread wider: poison from many sources). This needs two extra trainings (without
-the first, then without the second cluster of every undecided label). Then train from scratch on
+its label (the share rounded to two decimals first, as ART) is poison (relative size). Where no
+cluster is that small, as at 10% all-to-one, where about half the target label is poison, the
+paper's exclusionary reclassification decides: a model trained without the cluster classifies
+it; a cluster mostly classified as another label (own-label count l over the most frequent other
+label's count p below 1) is poison; of a label's two clusters at most the one with the lower l/p
+is removed (on a tie, as when neither cluster is classified as its label at all, the one whose
+predictions spread wider: poison from many sources). This needs two extra trainings (without the
+first, then without the second cluster of every undecided label). Then train from scratch on
 what is kept with the normal recipe.
 
 Not BackdoorBench's version: it clusters per mini-batch and maps decisions back through a reshuffled
@@ -56,6 +57,12 @@ def reduce(features: torch.Tensor, dims: int) -> torch.Tensor:
     return centred @ vh[:dims].T
 
 
+def poison_by_size(smaller: int, total: int, threshold: float) -> bool:
+    """ART's relative-size test: the cluster's share of its label, rounded to two decimals, below
+    the threshold (52 of 150, 34.67%, rounds to 0.35 and is not poison)."""
+    return round(smaller / max(total, 1), 2) < round(threshold, 2)
+
+
 def two_means(points: torch.Tensor, restarts: int, gen: torch.Generator, iterations: int = 300) -> torch.Tensor:
     """Lloyd's 2-means with k-means++ seeding; the assignment (0/1) of the lowest-inertia restart."""
     best, best_inertia = torch.zeros(len(points), dtype=torch.long), float("inf")
@@ -95,6 +102,7 @@ class ActivationClustering(DataCleansing):
 
     Params = AcParams
     source = "Chen et al., AAAI-SafeAI 2019"
+    version = 2  # 2: the size share rounded to two decimals before the test, as ART (1: unrounded)
 
     def detect(self, ctx, data, model):
         p = self.params
@@ -107,7 +115,7 @@ class ActivationClustering(DataCleansing):
             members = torch.nonzero(data.labels == label).flatten()
             assign = two_means(reduce(activations[members], p.dims), p.restarts, gen)
             clusters = sorted((members[assign == k] for k in range(2)), key=len)  # smaller first
-            if p.analysis == "smaller" or len(clusters[0]) < p.size_threshold * len(members):
+            if p.analysis == "smaller" or poison_by_size(len(clusters[0]), len(members), p.size_threshold):
                 removed[clusters[0]] = True
             else:
                 undecided.append((label, clusters))
