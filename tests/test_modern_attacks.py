@@ -251,6 +251,23 @@ def test_input_aware_cross_samples_take_another_images_trigger():
     assert matches and 0 not in matches  # another image's pattern and mask, not its own
 
 
+def test_input_aware_cross_trigger_set_stamps_the_next_images_trigger_and_keeps_true_labels():
+    from benchbd.attacks.input_aware import stamp, to_image
+
+    atk = seeded_generators(attacks.create("input_aware"))
+    test = labelled(5)
+    ((name, crossed),) = atk.accuracy_sets(test).items()
+    assert name == "cross_trigger" and torch.equal(crossed.labels, test.labels)
+    x = SmallImages().test(test.images)
+    for i in range(5):
+        j = (i + 1) % 5
+        expected = to_image(stamp(x[i : i + 1], atk.patterns.pattern(x[j : j + 1]), atk.masks.mask(x[j : j + 1])))
+        assert (expected.int() - crossed.images[i : i + 1].int()).abs().max() <= 1
+        own = atk.apply(test.images[i : i + 1])
+        assert (own.int() - crossed.images[i : i + 1].int()).abs().max() > 1  # not the image's own trigger
+    assert attacks.create("blend").accuracy_sets(test) == {}
+
+
 def test_modern_attacks_run_through_the_cli_and_the_defenses(tmp_path):
     """A smoke grid of the modern group against the defenses that read the poisoned data or the
     backdoored model, through the same runner and CLI as the paper's attacks."""
@@ -259,6 +276,7 @@ def test_modern_attacks_run_through_the_cli_and_the_defenses(tmp_path):
     rows = Results(tmp_path).rows()
     assert {(r["attack"], r["defense"]) for r in rows} == {(a, d) for a in MODERN for d in ("none", "tnr", "abl")}
     assert all(r["status"] == "ok" for r in rows)
+    assert all(("cross_trigger_accuracy" in r["metrics"]) == (r["attack"] == "input_aware") for r in rows)
     assert len(list((tmp_path / "cache" / "input_aware_generator").glob("*.pt"))) == 1  # trained once, shared by the defenses
     out = tmp_path / "gallery.png"
     show = ["show", "attacks", *SYN[:6], "--attacks", "input_aware", "--budget", "smoke", "--results", str(tmp_path), "--out", str(out)]

@@ -195,6 +195,11 @@ class Attack(abc.ABC):
         keep = test.labels != self.params.target
         return Split(self.apply(test.images[keep]), test.labels[keep])
 
+    def accuracy_sets(self, test: Split) -> dict[str, Split]:
+        """Extra labelled test sets of this attack whose accuracy the row records as
+        `<name>_accuracy` (Input-aware's cross-trigger images); none by default."""
+        return {}
+
 
 def attack_groups() -> dict[str, list[str]]:
     """The group names `--attacks` takes: 'all' (the paper's attacks) and 'modern' (those since)."""
