@@ -345,6 +345,16 @@ def test_detectors_and_retuning_through_the_cli(tmp_path):
     assert again.exit_code == 0 and "0 cell(s) run, 4 already done" in again.output
     table = runner.invoke(main, ["table", "--results", str(out)])
     assert "detectors: AUROC" in table.output and "retuning controls" in table.output and "asr_after_retuning" in table.output
+    assert "ca_after_retuning" in table.output
+    from benchbd.report.plots import _retuned_points
+    from benchbd.report.tables import build_grids
+    from benchbd.runner import Results
+
+    (grid,) = build_grids(Results(out).load())
+    ((start, end),) = _retuned_points(grid, ["blend"], "ft").values()  # the scatter joins the cell to its retuned point
+    assert end == (ft["metrics"]["asr_after_retuning"], ft["metrics"]["ca_after_retuning"]) and start == (ft["asr"], ft["ca"])
+    scatter = runner.invoke(main, ["plot", "scatter", "--results", str(out), "--out", str(tmp_path / "s.png")])
+    assert scatter.exit_code == 0 and (tmp_path / "s.png").is_file(), scatter.output
     listed = runner.invoke(main, ["list", "detectors"])
     assert all(name in listed.output for name in ("strip", "scale_up", "ibd_psc", "teco"))
     bad = runner.invoke(main, ["run", "--dataset", "synthetic", "--detectors", "stirp", "--results", str(out), "--dry-run"])

@@ -78,9 +78,15 @@ def scatter_figure(grids: list[Grid], out: Path | str, title: str = "") -> Path:
             asr = np.nan_to_num(grid.mean["asr"].loc[attacks, defense].to_numpy(dtype=float), nan=0.0)
             ca = grid.mean["ca"].loc[attacks, defense].to_numpy(dtype=float)
             ax.scatter(asr, ca, marker=MARKERS[i % len(MARKERS)], s=36, c=[colours[a] for a in attacks], alpha=0.85)
+            retuned = _retuned_points(grid, attacks, defense)
+            for attack, (start, end) in retuned.items():  # the same cell after the retuning check, joined to it
+                ax.plot([start[0], end[0]], [start[1], end[1]], color=colours[attack], linestyle=":", linewidth=1, alpha=0.8)
+                ax.scatter([end[0]], [end[1]], marker=MARKERS[i % len(MARKERS)], s=36, facecolors="none", edgecolors=[colours[attack]])
         by_defense = [
             Line2D([], [], marker=MARKERS[i % len(MARKERS)], color="0.3", linestyle="", label=d) for i, d in enumerate(grid.defenses)
         ]
+        if "asr_after_retuning" in grid.mean:
+            by_defense.append(Line2D([], [], marker="o", color="0.3", markerfacecolor="none", linestyle=":", label="after retuning"))
         by_attack = [Line2D([], [], marker="o", color=colours[a], linestyle="", label=a) for a in attacks]
         first = ax.legend(handles=by_defense, fontsize=6, title="defense", title_fontsize=7, loc="lower left")
         ax.add_artist(first)
@@ -91,6 +97,18 @@ def scatter_figure(grids: list[Grid], out: Path | str, title: str = "") -> Path:
         ax.set_title(f"{grid.dataset} ({grid.budget})" + (f", {grid.group}" if grid.group else ""), fontsize=9)
         ax.grid(alpha=0.3)
     return save(fig, out, title)
+
+
+def _retuned_points(grid: Grid, attacks: list[str], defense: str) -> dict[str, tuple[tuple[float, float], tuple[float, float]]]:
+    """attack -> ((ASR, CA), (ASR, CA) after the retuning check) where the cell has both."""
+    if "asr_after_retuning" not in grid.mean or "ca_after_retuning" not in grid.mean:
+        return {}
+    out = {}
+    for attack in attacks:
+        values = [float(grid.mean[m].loc[attack, defense]) for m in ("asr", "ca", "asr_after_retuning", "ca_after_retuning")]
+        if np.isfinite(values).all():
+            out[attack] = ((values[0], values[1]), (values[2], values[3]))
+    return out
 
 
 def recon_figure(rows: list[tuple[str, torch.Tensor]], out: Path | str, title: str = "") -> Path:

@@ -299,7 +299,7 @@ def build_grids(
     if rows.empty:
         raise BenchbdError("no results yet: run `benchbd run ...` first (or pass --results DIR)")
     if "metrics" in rows and any(isinstance(m, dict) and "asr_after_retuning" in m for m in rows["metrics"]):
-        extra = tuple(dict.fromkeys([*extra, "asr_after_retuning"]))  # --retune rows: beside ASR, always
+        extra = tuple(dict.fromkeys([*extra, "asr_after_retuning", "ca_after_retuning"]))  # --retune rows: beside ASR and CA, always
     known = sorted({k for d in (rows["metrics"] if "metrics" in rows else []) if isinstance(d, dict) for k in d})
     for m in extra:
         if m not in known and m not in ROW_METRICS:
