@@ -18,7 +18,11 @@ METHOD = {  # a mutant's fidelity card, by the file it breaks
     "benchbd/attacks/": "attacks/",
     "benchbd/detectors/": "detectors/",
 }
-CARDS_OF_FILE = {"lba": ["lba_10", "lba_12", "lba_14"], "evaluation": ["strip", "scale_up", "ibd_psc", "teco"]}  # else the file's stem
+CARDS_OF_FILE = {  # else the file's stem
+    "lba": ["lba_10", "lba_12", "lba_14"],
+    "evaluation": ["strip", "scale_up", "ibd_psc", "teco"],
+    "activation_clustering": ["ac"],
+}
 MUTANTS = [
     (
         "NAD attention term x0",
@@ -149,11 +153,25 @@ MUTANTS = [
         "bti_dbf_measures_images_in_the_classifiers_normalised_units",
     ),
     (
-        "Spectral Signatures on uncentred features",
+        "Spectral Signatures' direction from uncentred features",
         "benchbd/defenses/spectral.py",
-        "centred = features.double() - features.double().mean(0, keepdim=True)",
-        "centred = features.double()",
-        "spectral_score_is_the_squared_projection",
+        "_, _, vh = torch.linalg.svd(centred_rows, full_matrices=False)",
+        "_, _, vh = torch.linalg.svd(rows, full_matrices=False)",
+        "spectral_scores_match_the_official_code",
+    ),
+    (
+        "Activation Clustering's size share unrounded",
+        "benchbd/defenses/activation_clustering.py",
+        "return round(smaller / max(total, 1), 2) < round(threshold, 2)",
+        "return smaller / max(total, 1) < threshold",
+        "reduces_clusters_and_judges_size_as_art",
+    ),
+    (
+        "FST drops the last partial batch",
+        "benchbd/defenses/fst.py",
+        'desc="fst", drop_last=False)',
+        'desc="fst")',
+        "official_loader_keeps_the_last_partial_batch",
     ),
     (
         "WaNet field not normalised by its mean magnitude",
