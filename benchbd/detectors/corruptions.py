@@ -11,9 +11,12 @@ PIL uses its BOX filter both ways.
 
 from __future__ import annotations
 
+import io
+
+import numpy as np
 import torch
 import torch.nn.functional as F
-from torchvision.io import decode_jpeg, encode_jpeg
+from PIL import Image
 
 SEVERITIES = (1, 2, 3, 4, 5)
 
@@ -98,9 +101,14 @@ def pixelate(x, s, gen):
 
 
 def jpeg_compression(x, s, gen):
-    images = [(img * 255).round().to(torch.uint8).cpu() for img in x]
-    coded = encode_jpeg(images, quality=JPEG_QUALITY[s - 1])
-    return torch.stack([decode_jpeg(c) for c in coded]).to(x) / 255
+    """Through PIL, as imagecorruptions (torchvision's codec gave the same bytes; its image I/O is deprecated)."""
+    out = []
+    for img in x:
+        buffer = io.BytesIO()
+        pixels = (img * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+        Image.fromarray(pixels).save(buffer, "JPEG", quality=JPEG_QUALITY[s - 1])
+        out.append(torch.from_numpy(np.array(Image.open(buffer))).permute(2, 0, 1))
+    return torch.stack(out).to(x) / 255
 
 
 CORRUPTIONS = {
