@@ -4,6 +4,7 @@ backdoored model's poisoned training split: per label, what each removes under b
 (for docs/deviations.md; reads the poison mask, as an analysis, never as part of the defense).
 
     python tools/spectral_study.py --dataset cifar10 --attack blend --seed 0 --budget fast --cache-dir DIR [--data-root DIR]
+        [--blocks-before-end 1]
 """
 
 from __future__ import annotations
@@ -17,7 +18,9 @@ from benchbd.defenses.spectral import SpectralSignatures, spectral_scores
 
 
 def main() -> None:
-    args = cell_arguments(__doc__.splitlines()[0]).parse_args()
+    parser = cell_arguments(__doc__.splitlines()[0])
+    parser.add_argument("--blocks-before-end", type=int, default=0, help="1: the official layer (the output one residual block earlier)")
+    args = parser.parse_args()
     runner = cached_runner(args, "/tmp/spectral-study")
     (cell,) = runner.plan([args.dataset], args.attack, "spectral", [args.seed], args.budget)
     seen = {}
@@ -30,7 +33,9 @@ def main() -> None:
     runner.defend(cell)
     data, model, trainer, p = seen["data"], seen["model"], seen["trainer"], seen["params"]
     model = trainer.prepare(model).eval()
-    representation = features(trainer, data.images, model.stem(model.num_blocks))
+    block = model.num_blocks - args.blocks_before_end
+    representation = features(trainer, data.images, model.stem(block))
+    print(f"representation: the output of residual block {block} of {model.num_blocks}, {representation.shape[1]} dimensions")
     poisoned = torch.zeros(len(data), dtype=torch.bool)
     poisoned[data.poisoned] = True
     per_label = round(p.removal_factor * p.poison_budget * len(data))
