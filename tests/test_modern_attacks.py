@@ -234,6 +234,49 @@ def test_input_aware_mask_stage_lowers_its_loss_and_the_joint_stage_keeps_the_ma
     assert any(not torch.equal(state[f"pattern.{k}"], v) for k, v in fresh.items() if v.is_floating_point())  # G trained
 
 
+def test_input_aware_diversity_is_in_the_classifiers_normalised_units(monkeypatch):
+    """The official code computes both diversity terms on mean/std-normalised images (patterns
+    normalised too; masks not): on CIFAR-10 the mask stage's ratio is about 4 times its pixel value."""
+    import benchbd.attacks.input_aware as ia
+
+    std = torch.tensor([0.25, 0.2, 0.1]).view(1, 3, 1, 1)
+    tools = input_aware_tools()
+    tools.new_model = lambda: create_model("wrn16_1", 10, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
+    seen = []
+    real = ia.diversity
+    monkeypatch.setattr(ia, "diversity", lambda *args: seen.append(args) or real(*args))
+    atk = attacks.create("input_aware", dataset="cifar10", mask_epochs=1)
+    masks = atk.train_masks(tools)
+    assert seen
+    for images, _, m1, _ in seen:  # mask stage: images / std, masks as they are
+        assert images.shape[1] == 3 and images[:, 2].max() > 1.5 and 0 <= (images * std).min() and (images * std).max() <= 1
+        assert m1.shape[1] == 1 and m1.max() <= 1
+    seen.clear()
+    monkeypatch.setattr(atk, "train_masks", lambda tools: masks)
+    atk.train_generators(tools)
+    assert seen
+    for images, _, p1, _ in seen:  # generator stage: images and patterns / std
+        for t in (images, p1):
+            assert t[:, 2].max() > 1.5 and 0 <= (t * std).min() and (t * std).max() <= 1
+
+
+@pytest.mark.parametrize("accumulate", [False, True])
+def test_input_aware_generator_grads_are_zeroed_unless_the_official_accumulation_is_asked(monkeypatch, accumulate):
+    """The official loop zeroes only the classifier's gradients, so G's accumulate over every step."""
+    tools = input_aware_tools()
+    atk = attacks.create("input_aware", dataset="cifar10", mask_epochs=1, accumulate_generator_grads=accumulate)
+    masks = atk.train_masks(tools)
+    monkeypatch.setattr(atk, "train_masks", lambda tools: masks)
+    zeroed = []
+    real = torch.optim.Adam.zero_grad
+    # G's optimiser is the Adam with betas (0.5, 0.9)
+    zero = lambda self, *a, **k: zeroed.append(self.defaults["betas"] == (0.5, 0.9)) or real(self, *a, **k)  # noqa: E731
+    monkeypatch.setattr(torch.optim.Adam, "zero_grad", zero)
+    atk.train_generators(tools)
+    steps = 2 * 3  # 2 epochs of 3 batches (the test budget)
+    assert sum(zeroed) == (0 if accumulate else steps)
+
+
 def test_input_aware_needs_its_trained_generator():
     with pytest.raises(Exception, match="run it through the runner"):
         attacks.create("input_aware").apply(random_images(2))

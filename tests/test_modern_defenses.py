@@ -667,13 +667,14 @@ def test_bti_dbf_measures_images_in_the_classifiers_normalised_units():
     """The official bounds (0.3 image MSE, 0.1 warm-up switch) and noise (0.03) are in mean/std-normalised
     units: a shift of 0.1 in [0, 1] pixels is 0.01 of pixel MSE but 0.01 / std^2 here; the generator
     sees normalised images and hands pixels back."""
-    from benchbd.defenses.bti_dbf import NormalisedGenerator, image_mse, pixel_scale
+    from benchbd.defenses.bti_dbf import NormalisedGenerator, image_mse
+    from benchbd.models.base import input_std
 
     model = create_model("wrn16_1", 10, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
     x = torch.rand(4, 3, 32, 32)
     want = float(((0.1 / torch.tensor([0.25, 0.2, 0.1])) ** 2).mean())
     assert abs(float(image_mse(model, x + 0.1, x)) - want) < 1e-5 and want > 0.3  # over the bound; 0.01 in pixels is not
-    assert torch.allclose(pixel_scale(model).flatten(), torch.tensor([0.25, 0.2, 0.1]))
+    assert torch.allclose(input_std(model).flatten(), torch.tensor([0.25, 0.2, 0.1]))
     seen = []
     generator = NormalisedGenerator(torch.nn.Identity(), model.normalize)
     generator.net = type("Spy", (torch.nn.Module,), {"forward": lambda self, z: seen.append(z) or z})()

@@ -13,6 +13,10 @@ model and budget and cached as this attack's artifact (`prepare`):
    "cross" inputs with another image's pattern and mask (true label), CE on all plus the diversity
    term of G; one backward updates both (G with Adam, lr 0.01, betas (0.5, 0.9)).
 
+Both diversity terms measure images (and patterns) in the classifier's normalised units, as the
+official code does. G's gradients are zeroed every step unless `accumulate_generator_grads` asks
+for the official loop, which never zeroes them (docs/attacks.md measures the difference).
+
 The victim is then trained by benchbd's normal recipe with the same per-batch rule and the frozen,
 trained G and M (per_batch.py), so defenses meet one victim recipe for every attack. x2 is another
 image of the same batch (the official code reads a second, independently shuffled loader).
@@ -30,6 +34,7 @@ from ..config import check
 from ..data.augment import to_float
 from ..data.splits import Split
 from ..errors import BenchbdError
+from ..models.base import input_std
 from ..train import make_optimizer, make_schedule, steps_per_epoch
 from .base import ATTACKS, AttackParams, AttackTools, to_uint8
 from .per_batch import PerBatchAttack
@@ -45,6 +50,8 @@ class InputAwareParams(AttackParams):
     mask_density: float = 0.032
     mask_epochs: int = 25
     generator_lr: float = 0.01  # lr_G and lr_M
+    # the official loop never zeroes G's gradients (only the classifier's): True reproduces that
+    accumulate_generator_grads: bool = False
 
     def __post_init__(self):
         super().__post_init__()
@@ -101,7 +108,9 @@ def stamp(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 
 def diversity(inputs1: torch.Tensor, inputs2: torch.Tensor, out1: torch.Tensor, out2: torch.Tensor) -> torch.Tensor:
-    """mean over pairs of rms(x1 - x2) / (rms(g(x1) - g(x2)) + eps): different images, different triggers."""
+    """mean over pairs of rms(x1 - x2) / (rms(g(x1) - g(x2)) + eps): different images, different triggers.
+    Callers pass images (and patterns) in the classifier's normalised units, as the official code
+    computes it: there the mask stage's ratio is about 4 times its value in [0, 1] pixels on CIFAR-10."""
     images = (inputs1 - inputs2).pow(2).mean(dim=(1, 2, 3)).sqrt()
     outputs = (out1 - out2).pow(2).mean(dim=(1, 2, 3)).sqrt()
     return (images / (outputs + EPSILON)).mean()
@@ -123,7 +132,9 @@ class InputAware(PerBatchAttack):
     group = "modern"
     sample_specific = True
     source = "Nguyen & Tran, NeurIPS 2020"
-    version = 3  # 3: BN momentum 0.05 as the official blocks; 2: the mask thresholds the mask network's tanh output
+    # 4: diversity in the classifier's normalised units; 3: BN momentum 0.05 as the official blocks;
+    # 2: the mask thresholds the mask network's tanh output
+    version = 4
 
     def __init__(self, params, num_classes, image_size, name="input_aware"):
         super().__init__(params, num_classes, image_size, name)
@@ -143,6 +154,7 @@ class InputAware(PerBatchAttack):
         masks = self.train_masks(tools)
         patterns = TriggerNet(3).to(trainer.device)
         classifier = trainer.prepare(tools.new_model())
+        scale = input_std(classifier)
         recipe = tools.recipe
         optimizer = make_optimizer(recipe, classifier.parameters())
         pattern_optimizer = torch.optim.Adam(patterns.parameters(), p.generator_lr, betas=(0.5, 0.9))
@@ -169,9 +181,11 @@ class InputAware(PerBatchAttack):
                 k = min(n_bd, n_cross)
                 loss = F.cross_entropy(classifier(inputs), labels)
                 if k:
-                    loss = loss + p.lambda_div * diversity(x[:k], x2[n_bd : n_bd + k], pattern1[:k], pattern2[:k])
+                    images, others = x[:k] / scale, x2[n_bd : n_bd + k] / scale
+                    loss = loss + p.lambda_div * diversity(images, others, pattern1[:k] / scale, pattern2[:k] / scale)
                 optimizer.zero_grad(set_to_none=True)
-                pattern_optimizer.zero_grad(set_to_none=True)
+                if not p.accumulate_generator_grads:
+                    pattern_optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
                 pattern_optimizer.step()
@@ -186,6 +200,7 @@ class InputAware(PerBatchAttack):
         """Stage A: M alone, for sparse (density) and diverse masks; returned frozen."""
         trainer, p = tools.trainer, self.params
         masks = TriggerNet(1).to(trainer.device)
+        scale = input_std(trainer.prepare(tools.new_model()))
         optimizer = torch.optim.Adam(masks.parameters(), p.generator_lr, betas=(0.5, 0.9))
         epochs = trainer.run_epochs("input_aware: masks", p.mask_epochs, tools.clean_train)
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [max(1, round(epochs * m / 25)) for m in (10, 20)])
@@ -197,7 +212,7 @@ class InputAware(PerBatchAttack):
             for x, _ in trainer.batches(tools.clean_train, batch, f"input_aware masks {epoch}", augment=True):
                 x2 = partner(x, gen)
                 m1, m2 = masks.mask(x), masks.mask(x2)
-                loss = p.lambda_norm * F.relu(m1 - p.mask_density).mean() + p.lambda_div * diversity(x, x2, m1, m2)
+                loss = p.lambda_norm * F.relu(m1 - p.mask_density).mean() + p.lambda_div * diversity(x / scale, x2 / scale, m1, m2)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()

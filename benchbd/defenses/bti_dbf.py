@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check
+from ..models.base import input_std
 from ..seeding import derive, generator
 from .base import DEFENSES, Defense, Need
 
@@ -123,16 +124,9 @@ class UNet(nn.Module):
         return self.out(x)
 
 
-def pixel_scale(classifier: nn.Module) -> torch.Tensor | float:
-    """The classifier's per-channel std [1, 3, 1, 1] (1 when it does not normalise): an image
-    difference divided by it is in the normalised units the official constants are written in."""
-    normalize = getattr(classifier, "normalize", None)
-    return normalize.std if normalize is not None and normalize.enabled else 1.0
-
-
 def image_mse(classifier: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """MSE between two pixel batches in the classifier's normalised units."""
-    scale = pixel_scale(classifier)
+    scale = input_std(classifier)
     return F.mse_loss(a / scale, b / scale)
 
 
@@ -277,7 +271,7 @@ class BtiDbf(Defense):
         gen_net.eval()
         counts = torch.zeros(ctx.num_classes, dtype=torch.long)
         for _, x in trainer.inputs(holdout.images, self.params.batch_size):
-            noise = self.params.detection_noise * pixel_scale(classifier) * torch.randn(x.shape, generator=gen, device=x.device)
+            noise = self.params.detection_noise * input_std(classifier) * torch.randn(x.shape, generator=gen, device=x.device)
             noisy = x + noise
             counts += torch.bincount(classifier(gen_net(noisy)).argmax(1).cpu(), minlength=ctx.num_classes)
         return int(counts.argmax())

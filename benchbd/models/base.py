@@ -26,6 +26,13 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std if self.enabled else x
 
 
+def input_std(model: nn.Module) -> torch.Tensor | float:
+    """The model's per-channel input std [1, 3, 1, 1] (1 when it does not normalise): a pixel
+    difference divided by it is in the normalised units that official codes write constants in."""
+    normalize = getattr(model, "normalize", None)
+    return normalize.std if normalize is not None and normalize.enabled else 1.0
+
+
 class SplitNet(nn.Module):
     default_split: int = 0
     stage_ends: tuple[int, ...] = ()  # indices into `units` of the last block of each stage (NAD's attention points)
