@@ -234,18 +234,20 @@ def test_input_aware_mask_stage_lowers_its_loss_and_the_joint_stage_keeps_the_ma
     assert any(not torch.equal(state[f"pattern.{k}"], v) for k, v in fresh.items() if v.is_floating_point())  # G trained
 
 
-def test_input_aware_diversity_is_in_the_classifiers_normalised_units(monkeypatch):
+def test_input_aware_diversity_is_in_the_official_normalised_units(monkeypatch):
     """The official code computes both diversity terms on mean/std-normalised images (patterns
-    normalised too; masks not): on CIFAR-10 the mask stage's ratio is about 4 times its pixel value."""
+    normalised too; masks not): on CIFAR-10 the mask stage's ratio is about 4 times its pixel value.
+    benchbd's models take raw pixels, so the units are the official loader's, from the parameters."""
     import benchbd.attacks.input_aware as ia
 
+    assert attacks.create("input_aware", dataset="cifar10").params.official_std == (0.247, 0.243, 0.261)
+    assert attacks.create("input_aware", dataset="gtsrb").params.official_std is None  # fed raw there
     std = torch.tensor([0.25, 0.2, 0.1]).view(1, 3, 1, 1)
     tools = input_aware_tools()
-    tools.new_model = lambda: create_model("wrn16_1", 10, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
     seen = []
     real = ia.diversity
     monkeypatch.setattr(ia, "diversity", lambda *args: seen.append(args) or real(*args))
-    atk = attacks.create("input_aware", dataset="cifar10", mask_epochs=1)
+    atk = attacks.create("input_aware", dataset="cifar10", mask_epochs=1, official_std=(0.25, 0.2, 0.1))
     masks = atk.train_masks(tools)
     assert seen
     for images, _, m1, _ in seen:  # mask stage: images / std, masks as they are

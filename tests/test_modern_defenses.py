@@ -663,23 +663,39 @@ def test_bti_dbf_unet_is_the_official_network():
     assert sum(p.numel() for p in UNet().parameters()) == int(fixture["parameters_used_at_32x4"])
 
 
-def test_bti_dbf_measures_images_in_the_classifiers_normalised_units():
-    """The official bounds (0.3 image MSE, 0.1 warm-up switch) and noise (0.03) are in mean/std-normalised
-    units: a shift of 0.1 in [0, 1] pixels is 0.01 of pixel MSE but 0.01 / std^2 here; the generator
-    sees normalised images and hands pixels back."""
-    from benchbd.defenses.bti_dbf import NormalisedGenerator, image_mse
-    from benchbd.models.base import input_std
+def test_bti_dbf_measures_images_in_the_official_loaders_normalised_units(monkeypatch):
+    """The official bounds (0.3 image MSE, 0.1 warm-up switch) and noise (0.03) are in the units of
+    the official loader's mean/std normalisation. benchbd's CIFAR-10 models take raw pixels, so the
+    units come from the parameters (the official CIFAR-10 statistics; GTSRB is fed raw), not from
+    the model: a shift of 0.12 in pixels is 0.0144 of pixel MSE but 0.0144 / std^2 here."""
+    from benchbd.config import Layers
+    from benchbd.defenses import bti_dbf
+    from benchbd.defenses.bti_dbf import BtiDbfParams, NormalisedGenerator, image_mse
 
-    model = create_model("wrn16_1", 10, mean=(0.5, 0.4, 0.3), std=(0.25, 0.2, 0.1))
+    p = Layers().params("defense", "bti_dbf", "cifar10", BtiDbfParams)
+    assert p.official_std == (0.2023, 0.1994, 0.2010) and p.official_mean == (0.4914, 0.4822, 0.4465)
+    assert Layers().params("defense", "bti_dbf", "gtsrb", BtiDbfParams).official_std is None
+    assert not create_model("wrn16_1", 10).normalize.enabled  # the units cannot come from the model
+    std = torch.tensor(p.official_std).view(1, 3, 1, 1)
     x = torch.rand(4, 3, 32, 32)
-    want = float(((0.1 / torch.tensor([0.25, 0.2, 0.1])) ** 2).mean())
-    assert abs(float(image_mse(model, x + 0.1, x)) - want) < 1e-5 and want > 0.3  # over the bound; 0.01 in pixels is not
-    assert torch.allclose(input_std(model).flatten(), torch.tensor([0.25, 0.2, 0.1]))
+    want = float(((0.12 / std) ** 2).mean())
+    assert abs(float(image_mse(x + 0.12, x, std)) - want) < 1e-5 and want > 0.3  # over the bound; 0.0144 in pixels is not
     seen = []
-    generator = NormalisedGenerator(torch.nn.Identity(), model.normalize)
-    generator.net = type("Spy", (torch.nn.Module,), {"forward": lambda self, z: seen.append(z) or z})()
+    generator = NormalisedGenerator(
+        type("Spy", (torch.nn.Module,), {"forward": lambda self, z: seen.append(z) or z})(), p.official_mean, p.official_std
+    )
     assert torch.allclose(generator(x), x, atol=1e-6)  # identity in normalised units is identity in pixels
-    assert torch.allclose(seen[0], model.normalize(x))
+    assert torch.allclose(seen[0], (x - torch.tensor(p.official_mean).view(1, 3, 1, 1)) / std)
+    # the defense's own run measures every image difference in those units
+    trainer, clean, backdoored = toy_backdoored()
+    scales = []
+    real = bti_dbf.image_mse
+    monkeypatch.setattr(bti_dbf, "image_mse", lambda a, b, s: scales.append(s) or real(a, b, s))
+    ctx = DefenseContext(trainer, toy_net, 10, 0, holdout=clean, backdoored_model=backdoored)
+    small = dict(rounds=1, pretrain_epochs=1, mask_epochs=1, generator_epochs=1, unlearning_epochs=1, batch_size=32, generator_width=4)
+    params = DEFENSES.get("bti_dbf").Params(**small, official_mean=p.official_mean, official_std=p.official_std)
+    DEFENSES.get("bti_dbf")(params, "bti_dbf").run(ctx)
+    assert scales and all(torch.equal(s.cpu(), std) for s in scales)
 
 
 def test_bti_dbf_masks_the_spatial_feature_map_before_pooling(monkeypatch):

@@ -148,9 +148,23 @@ MUTANTS = [
     (
         "BTI-DBF bounds in [0, 1] pixels",
         "benchbd/defenses/bti_dbf.py",
-        "return normalize.std if normalize is not None and normalize.enabled else 1.0",
-        "return 1.0",
-        "bti_dbf_measures_images_in_the_classifiers_normalised_units",
+        "        return channel_std(self.params.official_std, device)\n\n    def warm_up",
+        "        return 1.0\n\n    def warm_up",
+        "bti_dbf_measures_images_in_the_official_loaders_normalised_units",
+    ),
+    (
+        "Input-aware's diversity in [0, 1] pixels",
+        "benchbd/attacks/input_aware.py",
+        "        return channel_std(self.params.official_std, device)",
+        "        return 1.0",
+        "input_aware_diversity_is_in_the_official_normalised_units",
+    ),
+    (
+        "Input-aware's generator gradients never zeroed",
+        "benchbd/attacks/input_aware.py",
+        "                if not p.accumulate_generator_grads:",
+        "                if False:",
+        "input_aware_generator_grads_are_zeroed",
     ),
     (
         "Spectral Signatures' direction from uncentred features",

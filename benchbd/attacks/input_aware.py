@@ -13,8 +13,8 @@ model and budget and cached as this attack's artifact (`prepare`):
    "cross" inputs with another image's pattern and mask (true label), CE on all plus the diversity
    term of G; one backward updates both (G with Adam, lr 0.01, betas (0.5, 0.9)).
 
-Both diversity terms measure images (and patterns) in the classifier's normalised units, as the
-official code does. G's gradients are zeroed every step unless `accumulate_generator_grads` asks
+Both diversity terms measure images (and patterns) in the official code's normalised units
+(`official_std`, CIFAR-10's in registry.yaml). G's gradients are zeroed every step unless `accumulate_generator_grads` asks
 for the official loop, which never zeroes them (docs/attacks.md measures the difference).
 
 The victim is then trained by benchbd's normal recipe with the same per-batch rule and the frozen,
@@ -34,7 +34,7 @@ from ..config import check
 from ..data.augment import to_float
 from ..data.splits import Split
 from ..errors import BenchbdError
-from ..models.base import input_std
+from ..models.base import channel_std
 from ..train import make_optimizer, make_schedule, steps_per_epoch
 from .base import ATTACKS, AttackParams, AttackTools, to_uint8
 from .per_batch import PerBatchAttack
@@ -52,9 +52,13 @@ class InputAwareParams(AttackParams):
     generator_lr: float = 0.01  # lr_G and lr_M
     # the official loop never zeroes G's gradients (only the classifier's): True reproduces that
     accumulate_generator_grads: bool = False
+    # the std of the official input normalisation (CIFAR-10 only; GTSRB is fed raw): the diversity
+    # terms measure images and patterns in its units; None: [0, 1] pixels
+    official_std: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         super().__post_init__()
+        check(self.official_std is None or min(self.official_std) > 0, f"official_std={self.official_std} must be positive")
         check(0 <= self.cross_ratio < 1, f"cross_ratio={self.cross_ratio} must be in [0, 1)")
         check(0 < self.mask_density < 1, f"mask_density={self.mask_density} must be in (0, 1)")
         check(self.mask_epochs >= 1, f"mask_epochs={self.mask_epochs} must be at least 1")
@@ -109,8 +113,8 @@ def stamp(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 def diversity(inputs1: torch.Tensor, inputs2: torch.Tensor, out1: torch.Tensor, out2: torch.Tensor) -> torch.Tensor:
     """mean over pairs of rms(x1 - x2) / (rms(g(x1) - g(x2)) + eps): different images, different triggers.
-    Callers pass images (and patterns) in the classifier's normalised units, as the official code
-    computes it: there the mask stage's ratio is about 4 times its value in [0, 1] pixels on CIFAR-10."""
+    Callers pass images (and patterns) in the official code's normalised units (`official_std`): on
+    CIFAR-10 the mask stage's ratio is about 4 times its value in [0, 1] pixels."""
     images = (inputs1 - inputs2).pow(2).mean(dim=(1, 2, 3)).sqrt()
     outputs = (out1 - out2).pow(2).mean(dim=(1, 2, 3)).sqrt()
     return (images / (outputs + EPSILON)).mean()
@@ -132,7 +136,7 @@ class InputAware(PerBatchAttack):
     group = "modern"
     sample_specific = True
     source = "Nguyen & Tran, NeurIPS 2020"
-    # 4: diversity in the classifier's normalised units; 3: BN momentum 0.05 as the official blocks;
+    # 4: diversity in the official normalised units; 3: BN momentum 0.05 as the official blocks;
     # 2: the mask thresholds the mask network's tanh output
     version = 4
 
@@ -154,7 +158,7 @@ class InputAware(PerBatchAttack):
         masks = self.train_masks(tools)
         patterns = TriggerNet(3).to(trainer.device)
         classifier = trainer.prepare(tools.new_model())
-        scale = input_std(classifier)
+        scale = self._units(trainer.device)
         recipe = tools.recipe
         optimizer = make_optimizer(recipe, classifier.parameters())
         pattern_optimizer = torch.optim.Adam(patterns.parameters(), p.generator_lr, betas=(0.5, 0.9))
@@ -200,7 +204,7 @@ class InputAware(PerBatchAttack):
         """Stage A: M alone, for sparse (density) and diverse masks; returned frozen."""
         trainer, p = tools.trainer, self.params
         masks = TriggerNet(1).to(trainer.device)
-        scale = input_std(trainer.prepare(tools.new_model()))
+        scale = self._units(trainer.device)
         optimizer = torch.optim.Adam(masks.parameters(), p.generator_lr, betas=(0.5, 0.9))
         epochs = trainer.run_epochs("input_aware: masks", p.mask_epochs, tools.clean_train)
         schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, [max(1, round(epochs * m / 25)) for m in (10, 20)])
@@ -221,6 +225,9 @@ class InputAware(PerBatchAttack):
             schedule.step()
         trainer.progress.end_run()
         return masks.eval().requires_grad_(False)
+
+    def _units(self, device) -> torch.Tensor | float:
+        return channel_std(self.params.official_std, device)
 
     @staticmethod
     def _steps(tools: AttackTools, batch: int) -> int:

@@ -19,10 +19,13 @@ The generator's warm-up (50 epochs; its image term weighs 100 while the image MS
 does not depend on the round and is cached.
 
 Units: the official code feeds mean/std-normalised tensors, so its image bounds (0.3, 0.1) and its
-detection noise (0.03) are in normalised units (about 16 times a [0, 1] pixel MSE on CIFAR-10).
-benchbd runs G on the classifier's own normalisation of the image and measures image differences
-there, so the official constants keep their meaning (version 2; version 1 compared them with [0, 1]
-pixels and allowed about 25 times the image change).
+detection noise (0.03) are in normalised units (an image MSE about 25 times the [0, 1] pixel one
+on CIFAR-10, std about 0.2). benchbd's CIFAR-10 and GTSRB models take raw pixels, so the official
+normalisation is a parameter (`official_mean` / `official_std`, per dataset in registry.yaml: the
+official CIFAR-10 and ImageNet statistics, none for GTSRB as the official loader): G runs on images
+normalised by it and image differences are measured in its units, so the official constants keep
+their meaning (version 4; versions 2-3 read the classifier's normalisation, none on CIFAR-10, and
+so compared the bounds with pixels as version 1 did).
 
 Official code: xuxiong0214/BTIDBF (pretrain.py, btidbfu.py, evaluate.get_target_label,
 models/unet_model.py); our UNet is written from its description and checked against its outputs
@@ -33,13 +36,14 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from ..config import check
-from ..models.base import input_std
+from ..models.base import channel_std
 from ..seeding import derive, generator
 from .base import DEFENSES, Defense, Need
 
@@ -60,6 +64,10 @@ class BtiDbfParams:
     generated_share: float = 0.1  # of each unlearning batch (plus one image) replaced by G(x)
     detection_noise: float = 0.03  # std of the noise added before target detection, normalised units
     warmup_switch: float = 0.1  # the warm-up's image term weighs 100 above this image MSE (normalised), 0.01 below
+    # the official input normalisation (CIFAR-10's and ImageNet's; GTSRB is fed raw), whose units the
+    # bounds and the noise above are written in; None: [0, 1] pixels
+    official_mean: tuple[float, float, float] | None = None
+    official_std: tuple[float, float, float] | None = None
     batch_size: int = 128
     generator_width: int = 32  # the UNet's base filters (official 32)
 
@@ -70,6 +78,8 @@ class BtiDbfParams:
         check(self.warmup_switch > 0, f"warmup_switch={self.warmup_switch} must be > 0")
         check(0 <= self.generated_share < 1, f"generated_share={self.generated_share} must be in [0, 1)")
         check(self.batch_size >= 2, f"batch_size={self.batch_size} must be >= 2")
+        check((self.official_mean is None) == (self.official_std is None), "official_mean and official_std go together")
+        check(self.official_std is None or min(self.official_std) > 0, f"official_std={self.official_std} must be positive")
 
 
 class ConvBlock(nn.Module):
@@ -124,21 +134,20 @@ class UNet(nn.Module):
         return self.out(x)
 
 
-def image_mse(classifier: nn.Module, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """MSE between two pixel batches in the classifier's normalised units."""
-    scale = input_std(classifier)
-    return F.mse_loss(a / scale, b / scale)
+def image_mse(a: torch.Tensor, b: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """MSE between two pixel batches in the official code's normalised units (per-channel `std`)."""
+    return F.mse_loss(a / std, b / std)
 
 
 class NormalisedGenerator(nn.Module):
-    """G as the official code runs it, on mean/std-normalised images; pixels in, pixels out."""
+    """G as the official code runs it, on mean/std-normalised images (None: as they are); pixels in,
+    pixels out."""
 
-    def __init__(self, net: nn.Module, normalize: nn.Module):
+    def __init__(self, net: nn.Module, mean: Sequence[float] | None, std: Sequence[float] | None):
         super().__init__()
         self.net = net
-        enabled = getattr(normalize, "enabled", False)
-        self.register_buffer("mean", normalize.mean.clone() if enabled else torch.zeros(1, 3, 1, 1))
-        self.register_buffer("std", normalize.std.clone() if enabled else torch.ones(1, 3, 1, 1))
+        self.register_buffer("mean", torch.tensor(mean or (0.0, 0.0, 0.0), dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std or (1.0, 1.0, 1.0), dtype=torch.float32).view(1, -1, 1, 1))
 
     def forward(self, x):
         return self.net((x - self.mean) / self.std) * self.std + self.mean
@@ -157,9 +166,11 @@ class BtiDbf(Defense):
     needs = frozenset({Need.BACKDOORED_MODEL, Need.HOLDOUT})
     group = "modern"
     source = "Xu et al., ICLR 2024"
-    # 3: the last partial batch is kept, as the official loader; 2: bounds and noise in normalised units,
-    # spatial features, the official UNet (1: [0, 1] pixels, pooled features)
-    version = 3
+    # 4: the official normalisation from the parameters (2-3 read the classifier's, which benchbd's
+    # CIFAR-10 and GTSRB models do not have: pixels); 3: the last partial batch is kept, as the official
+    # loader; 2: bounds and noise in normalised units, spatial features, the official UNet
+    # (1: [0, 1] pixels, pooled features)
+    version = 4
 
     def run(self, ctx):
         p, trainer = self.params, ctx.trainer
@@ -167,7 +178,7 @@ class BtiDbf(Defense):
         classifier = trainer.prepare(copy.deepcopy(ctx.need(Need.BACKDOORED_MODEL)))
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(derive(ctx.seed, "init:bti_generator"))
-            gen_net = trainer.prepare(NormalisedGenerator(UNet(base=p.generator_width), classifier.normalize))
+            gen_net = trainer.prepare(NormalisedGenerator(UNet(base=p.generator_width), p.official_mean, p.official_std))
         warm = {
             "version": self.version,
             "pretrain_epochs": p.pretrain_epochs,
@@ -176,6 +187,8 @@ class BtiDbf(Defense):
             "n_holdout": len(holdout),
             "width": p.generator_width,
             "warmup_switch": p.warmup_switch,
+            "official_mean": p.official_mean,
+            "official_std": p.official_std,
         }
         ctx.cached_model("generator_warmup", warm, gen_net, lambda g: self.warm_up(ctx, classifier, g, holdout))
         gen_optimizer = torch.optim.Adam(gen_net.parameters(), lr=p.generator_lr)
@@ -191,8 +204,12 @@ class BtiDbf(Defense):
             ctx.metrics["bti_found_target"] = target == ctx.attack_target
         with torch.no_grad():
             x = next(trainer.inputs(holdout.images[: p.batch_size]))[1]
-            ctx.metrics["bti_image_mse"] = round(float(image_mse(classifier, gen_net.eval()(x), x)), 5)  # normalised units
+            ctx.metrics["bti_image_mse"] = round(float(image_mse(gen_net.eval()(x), x, self.units(trainer.device))), 5)  # normalised units
         return classifier
+
+    def units(self, device) -> torch.Tensor | float:
+        """The official std (1: pixels) that image differences and the detection noise are scaled by."""
+        return channel_std(self.params.official_std, device)
 
     def warm_up(self, ctx, classifier, gen_net, holdout) -> None:
         """G towards identity: outputs (as the official code: CE between the softmax outputs),
@@ -209,7 +226,7 @@ class BtiDbf(Defense):
                 feat, out_feat = frozen.spatial_features(x), frozen.spatial_features(out)
                 logits, out_logits = frozen.from_spatial_features(feat), frozen.from_spatial_features(out_feat)
                 pred = F.cross_entropy(F.softmax(logits, 1), F.softmax(out_logits, 1))
-                norm = image_mse(frozen, out, x)
+                norm = image_mse(out, x, self.units(trainer.device))
                 loss = pred + F.mse_loss(out_feat, feat) + (100 if float(norm.detach()) > p.warmup_switch else 0.01) * norm
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -250,7 +267,7 @@ class BtiDbf(Defense):
                 feat, out_feat = inverse.spatial_features(x), inverse.spatial_features(out)
                 benign = F.mse_loss(mask * feat, mask * out_feat)
                 shifted = F.mse_loss((1 - mask) * feat, (1 - mask) * out_feat)
-                norm = image_mse(inverse, x, out)
+                norm = image_mse(x, out, self.units(trainer.device))
                 if float(norm.detach()) > p.norm_bound or float(benign.detach()) > p.feature_bound:
                     loss = norm
                 else:
@@ -271,7 +288,7 @@ class BtiDbf(Defense):
         gen_net.eval()
         counts = torch.zeros(ctx.num_classes, dtype=torch.long)
         for _, x in trainer.inputs(holdout.images, self.params.batch_size):
-            noise = self.params.detection_noise * input_std(classifier) * torch.randn(x.shape, generator=gen, device=x.device)
+            noise = self.params.detection_noise * self.units(x.device) * torch.randn(x.shape, generator=gen, device=x.device)
             noisy = x + noise
             counts += torch.bincount(classifier(gen_net(noisy)).argmax(1).cpu(), minlength=ctx.num_classes)
         return int(counts.argmax())

@@ -26,11 +26,10 @@ class Normalize(nn.Module):
         return (x - self.mean) / self.std if self.enabled else x
 
 
-def input_std(model: nn.Module) -> torch.Tensor | float:
-    """The model's per-channel input std [1, 3, 1, 1] (1 when it does not normalise): a pixel
-    difference divided by it is in the normalised units that official codes write constants in."""
-    normalize = getattr(model, "normalize", None)
-    return normalize.std if normalize is not None and normalize.enabled else 1.0
+def channel_std(values: Sequence[float] | None, device: torch.device | str = "cpu") -> torch.Tensor | float:
+    """A per-channel std as [1, C, 1, 1] on `device` (1 when None): a pixel difference divided by it
+    is in the normalised units an official code writes its constants in."""
+    return 1.0 if values is None else torch.tensor(values, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
 
 class SplitNet(nn.Module):
