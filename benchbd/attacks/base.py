@@ -195,9 +195,9 @@ class Attack(abc.ABC):
         keep = test.labels != self.params.target
         return Split(self.apply(test.images[keep]), test.labels[keep])
 
-    def accuracy_sets(self, test: Split) -> dict[str, Split]:
+    def accuracy_sets(self, test: Split, device: torch.device | str = "cpu") -> dict[str, Split]:
         """Extra labelled test sets of this attack whose accuracy the row records as
-        `<name>_accuracy` (Input-aware's cross-trigger images); none by default."""
+        `<name>_accuracy` (Input-aware's cross-trigger images), made on `device`; none by default."""
         return {}
 
 

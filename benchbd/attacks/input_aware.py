@@ -52,9 +52,9 @@ class InputAwareParams(AttackParams):
     generator_lr: float = 0.01  # lr_G and lr_M
     # the official loop never zeroes G's gradients (only the classifier's): True reproduces that
     accumulate_generator_grads: bool = False
-    # the std of the official input normalisation (CIFAR-10 only; GTSRB is fed raw): the diversity
-    # terms measure images and patterns in its units; None: [0, 1] pixels
-    official_std: tuple[float, float, float] | None = None
+    # the std of the official input normalisation (CIFAR-10's, in whose units the constants were
+    # tuned; GTSRB is fed raw: None, [0, 1] pixels): the diversity terms measure images in its units
+    official_std: tuple[float, float, float] | None = (0.247, 0.243, 0.261)
 
     def __post_init__(self):
         super().__post_init__()
@@ -249,15 +249,15 @@ class InputAware(PerBatchAttack):
         return torch.cat(out) if out else images.clone()
 
     @torch.no_grad()
-    def accuracy_sets(self, test: Split) -> dict[str, Split]:
+    def accuracy_sets(self, test: Split, device: torch.device | str = "cpu") -> dict[str, Split]:
         """Cross-trigger images: every test image with the pattern and mask of the next test image,
         its true label kept. A model that classifies them correctly has learnt that a trigger works
         on its own image only (the official evaluation's cross accuracy, about 88% on CIFAR-10)."""
-        patterns, masks = self._nets(torch.device("cpu"))
+        patterns, masks = self._nets(torch.device(device))
         crossed, others = [], torch.roll(test.images, -1, 0)
         for start in range(0, len(test), 512):
-            x, other = to_float(test.images[start : start + 512]), to_float(others[start : start + 512])
-            crossed.append(to_image(stamp(x, patterns.pattern(other), masks.mask(other))))
+            x, other = (to_float(t[start : start + 512].to(device)) for t in (test.images, others))
+            crossed.append(to_image(stamp(x, patterns.pattern(other), masks.mask(other))).cpu())
         return {"cross_trigger": Split(torch.cat(crossed) if crossed else test.images.clone(), test.labels.clone())}
 
     def extra_count(self, batch: int, backdoor: int) -> int:

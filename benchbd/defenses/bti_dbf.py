@@ -64,10 +64,10 @@ class BtiDbfParams:
     generated_share: float = 0.1  # of each unlearning batch (plus one image) replaced by G(x)
     detection_noise: float = 0.03  # std of the noise added before target detection, normalised units
     warmup_switch: float = 0.1  # the warm-up's image term weighs 100 above this image MSE (normalised), 0.01 below
-    # the official input normalisation (CIFAR-10's and ImageNet's; GTSRB is fed raw), whose units the
-    # bounds and the noise above are written in; None: [0, 1] pixels
-    official_mean: tuple[float, float, float] | None = None
-    official_std: tuple[float, float, float] | None = None
+    # the official input normalisation (CIFAR-10's by default, ImageNet's on imagenet12; GTSRB is fed
+    # raw: None, [0, 1] pixels), whose units the bounds and the noise above are written in
+    official_mean: tuple[float, float, float] | None = (0.4914, 0.4822, 0.4465)
+    official_std: tuple[float, float, float] | None = (0.2023, 0.1994, 0.2010)
     batch_size: int = 128
     generator_width: int = 32  # the UNet's base filters (official 32)
 

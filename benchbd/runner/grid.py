@@ -369,7 +369,7 @@ class Runner:
             inside = self.evaluate(outcome.trainer, probe, cell.attack, outcome.splits.test)
             outcome.context.metrics.update({f"{name}_asr": inside.asr, f"{name}_ca": inside.ca})
         splits = outcome.splits
-        for name, labelled in cell.attack.accuracy_sets(splits.test).items():
+        for name, labelled in cell.attack.accuracy_sets(splits.test, outcome.trainer.device).items():
             outcome.context.metrics[f"{name}_accuracy"] = round(100 * outcome.trainer.accuracy(outcome.model, labelled), 4)
         if cell.detector is not None:  # the model behind the detector: its ASR and CA are the filtered ones
             self.progress.stage(f"detector {cell.detector.name}")
