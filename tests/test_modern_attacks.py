@@ -262,6 +262,27 @@ def test_input_aware_diversity_is_in_the_official_normalised_units(monkeypatch):
             assert t[:, 2].max() > 1.5 and 0 <= (t * std).min() and (t * std).max() <= 1
 
 
+def test_input_aware_diversity_never_pairs_an_image_with_itself(monkeypatch):
+    """The generator stage compares x[i] with the partner of x[n_bd + i]: a roll by n_bd would pair
+    each image with itself, a zero distance whose sqrt turned the generator NaN in a real run."""
+    import benchbd.attacks.input_aware as ia
+
+    x = torch.arange(20.0).view(20, 1, 1, 1).expand(20, 3, 2, 2)
+    for seed in range(300):
+        rolled = ia.partner(x, torch.Generator().manual_seed(seed), avoid=2)
+        offset = int(rolled[0, 0, 0, 0]) and 20 - int(rolled[0, 0, 0, 0])
+        assert offset not in (0, 2)
+    tools = input_aware_tools()
+    atk = attacks.create("input_aware", dataset="cifar10", mask_epochs=1)
+    masks = atk.train_masks(tools)
+    monkeypatch.setattr(atk, "train_masks", lambda tools: masks)
+    avoided = []
+    real = ia.partner
+    monkeypatch.setattr(ia, "partner", lambda x, gen, avoid=0: avoided.append(avoid) or real(x, gen, avoid))
+    atk.train_generators(tools)
+    assert avoided == [int(0.1 * 32)] * 6  # batches of 32: n_bd = 3, every step
+
+
 @pytest.mark.parametrize("accumulate", [False, True])
 def test_input_aware_generator_grads_are_zeroed_unless_the_official_accumulation_is_asked(monkeypatch, accumulate):
     """The official loop zeroes only the classifier's gradients, so G's accumulate over every step."""

@@ -160,6 +160,13 @@ MUTANTS = [
         "input_aware_diversity_is_in_the_official_normalised_units",
     ),
     (
+        "Input-aware's diversity pairing an image with itself",
+        "benchbd/attacks/input_aware.py",
+        "                x2 = partner(x, gen, avoid=n_bd)",
+        "                x2 = partner(x, gen)",
+        "input_aware_diversity_never_pairs_an_image_with_itself",
+    ),
+    (
         "Input-aware's generator gradients never zeroed",
         "benchbd/attacks/input_aware.py",
         "                if not p.accumulate_generator_grads:",

@@ -120,11 +120,17 @@ def diversity(inputs1: torch.Tensor, inputs2: torch.Tensor, out1: torch.Tensor, 
     return (images / (outputs + EPSILON)).mean()
 
 
-def partner(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """For each image another image of the same batch (never itself): the official second loader."""
+def partner(x: torch.Tensor, gen: torch.Generator, avoid: int = 0) -> torch.Tensor:
+    """For each image another image of the same batch: the batch rolled by an offset in [1, n) other
+    than `avoid` (the official second loader). The generator stage compares x[i] with the partner of
+    x[n_bd + i], so an offset of n_bd would pair images with themselves: a zero distance, whose sqrt
+    has an infinite derivative, and the generator turns NaN (1 step in n - 1)."""
     n = len(x)
-    offset = int(torch.randint(1, n, (1,), device=x.device, generator=gen)) if n > 1 else 0
-    return torch.roll(x, offset, 0)
+    offsets = [o for o in range(1, n) if o != avoid % n]
+    if not offsets:
+        return torch.roll(x, 1 if n > 1 else 0, 0)
+    pick = int(torch.randint(0, len(offsets), (1,), device=x.device, generator=gen))
+    return torch.roll(x, offsets[pick], 0)
 
 
 @ATTACKS.register("input_aware", aliases=("inputaware", "input-aware"))
@@ -136,7 +142,7 @@ class InputAware(PerBatchAttack):
     group = "modern"
     sample_specific = True
     source = "Nguyen & Tran, NeurIPS 2020"
-    # 4: diversity in the official normalised units; 3: BN momentum 0.05 as the official blocks;
+    # 4: diversity in the official normalised units, never an image against itself (NaN before); 3: BN momentum 0.05 as the official blocks;
     # 2: the mask thresholds the mask network's tanh output
     version = 4
 
@@ -174,7 +180,7 @@ class InputAware(PerBatchAttack):
             patterns.train()
             for x, y in trainer.batches(tools.clean_train, recipe.batch_size, f"input_aware generator {epoch}", augment=True):
                 n_bd, n_cross = int(p.poison_ratio * len(x)), int(p.cross_ratio * len(x))
-                x2 = partner(x, gen)
+                x2 = partner(x, gen, avoid=n_bd)
                 pattern1 = patterns.pattern(x[:n_bd])
                 pattern2 = patterns.pattern(x2[n_bd : n_bd + n_cross])
                 with torch.no_grad():
