@@ -135,7 +135,7 @@ def partner(x: torch.Tensor, gen: torch.Generator, avoid: int = 0) -> torch.Tens
 
 @ATTACKS.register("input_aware", aliases=("inputaware", "input-aware"))
 class InputAware(PerBatchAttack):
-    """Input-aware: a trained generator gives every image its own masked pattern (modern; its first cell costs about 6.5 normal trainings)."""
+    """Input-aware: a trained generator gives every image its own masked pattern (modern; first cell about 6.5 normal trainings)."""
 
     Params = InputAwareParams
     in_all = False
