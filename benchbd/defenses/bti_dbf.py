@@ -218,6 +218,7 @@ class BtiDbf(Defense):
         frozen = copy.deepcopy(classifier).eval().requires_grad_(False)
         optimizer = torch.optim.Adam(gen_net.parameters(), lr=p.generator_lr)
         epochs = trainer.run_epochs("BTI-DBF generator warm-up", p.pretrain_epochs, holdout)
+        std = self.units(trainer.device)  # once, not per step
         trainer.progress.start_run("BTI-DBF generator warm-up", epochs)
         for epoch in range(epochs):
             gen_net.train()
@@ -226,7 +227,7 @@ class BtiDbf(Defense):
                 feat, out_feat = frozen.spatial_features(x), frozen.spatial_features(out)
                 logits, out_logits = frozen.from_spatial_features(feat), frozen.from_spatial_features(out_feat)
                 pred = F.cross_entropy(F.softmax(logits, 1), F.softmax(out_logits, 1))
-                norm = image_mse(out, x, self.units(trainer.device))
+                norm = image_mse(out, x, std)
                 loss = pred + F.mse_loss(out_feat, feat) + (100 if float(norm.detach()) > p.warmup_switch else 0.01) * norm
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
@@ -259,6 +260,7 @@ class BtiDbf(Defense):
         mask = feature_mask(raw).detach()
         inverse.eval()
         epochs = trainer.run_epochs(f"BTI-DBF round {round_ + 1}: trigger generator", p.generator_epochs, holdout)
+        std = self.units(trainer.device)  # once, not per step
         trainer.progress.start_run(f"BTI-DBF round {round_ + 1}: trigger generator", epochs)
         for epoch in range(epochs):
             gen_net.train()
@@ -267,7 +269,7 @@ class BtiDbf(Defense):
                 feat, out_feat = inverse.spatial_features(x), inverse.spatial_features(out)
                 benign = F.mse_loss(mask * feat, mask * out_feat)
                 shifted = F.mse_loss((1 - mask) * feat, (1 - mask) * out_feat)
-                norm = image_mse(x, out, self.units(trainer.device))
+                norm = image_mse(x, out, std)
                 if float(norm.detach()) > p.norm_bound or float(benign.detach()) > p.feature_bound:
                     loss = norm
                 else:
@@ -287,8 +289,9 @@ class BtiDbf(Defense):
         classifier.eval()
         gen_net.eval()
         counts = torch.zeros(ctx.num_classes, dtype=torch.long)
+        scale = self.params.detection_noise * self.units(trainer.device)
         for _, x in trainer.inputs(holdout.images, self.params.batch_size):
-            noise = self.params.detection_noise * self.units(x.device) * torch.randn(x.shape, generator=gen, device=x.device)
+            noise = scale * torch.randn(x.shape, generator=gen, device=x.device)
             noisy = x + noise
             counts += torch.bincount(classifier(gen_net(noisy)).argmax(1).cpu(), minlength=ctx.num_classes)
         return int(counts.argmax())
