@@ -182,6 +182,9 @@ def duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else (f"{minutes}m{secs:02d}s" if minutes else f"{secs}s")
 
 
+MIN_RATE_WINDOW_S = 5.0
+
+
 class LineProgress(SlottedProgress):
     """Plain lines for a log (`nohup benchbd run ... > run.log 2>&1 &; tail -f run.log`): one per
     cell start and stage, one per training epoch (loss, images/s, ETA of the run), one per finished
@@ -226,8 +229,8 @@ class _LineSlot(NullProgress):
         self.prefix = "" if slot is None else f"[worker {slot}] "
         self.label, self.cell_started = "", 0.0
         self.desc, self.total, self.done, self.batch_size = "", 0, 0, 0
-        self.run_started = self.mark_time = 0.0
-        self.mark_steps = 0
+        self.run_started = 0.0
+        self.marks = [(0.0, 0), (0.0, 0)]  # (time, steps) of the last two rate windows' starts
 
     def print(self, text: str) -> None:
         self.parent.print(self.prefix + text)
@@ -245,17 +248,22 @@ class _LineSlot(NullProgress):
 
     def start_run(self, desc: str, total_steps: int, batch_size: int = 0) -> None:
         self.desc, self.total, self.done, self.batch_size = desc, total_steps, 0, batch_size
-        self.run_started = self.mark_time = time.monotonic()
-        self.mark_steps = 0
+        self.run_started = time.monotonic()
+        self.marks = [(self.run_started, 0), (self.run_started, 0)]
 
     def advance(self, steps: int = 1, info: str | None = None) -> None:
         self.done += steps
         now = time.monotonic()
-        if info is None and now - self.mark_time < self.parent.every_s:
+        if info is None and now - self.marks[1][0] < self.parent.every_s:
             return
-        rate = (self.done - self.mark_steps) / max(now - self.mark_time, 1e-9)
+        # A line soon after the last one (an epoch's end just after a periodic line) measures the
+        # rate from the mark before: a few steps over a few milliseconds read as thousands of images/s.
+        window_long = now - self.marks[1][0] >= MIN_RATE_WINDOW_S
+        since, steps_then = self.marks[1] if window_long else self.marks[0]
+        rate = (self.done - steps_then) / max(now - since, 1e-9)
         speed = f"{rate * self.batch_size:.0f} images/s" if self.batch_size else f"{rate:.1f} steps/s"
         elapsed = now - self.run_started
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
         self.print(f"cell {self.label} | {self.desc} | {info or f'step {self.done}/{self.total}'} | {speed} | ETA {duration(eta)}")
-        self.mark_time, self.mark_steps = now, self.done
+        if window_long:
+            self.marks = [self.marks[1], (now, self.done)]

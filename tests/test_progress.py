@@ -213,3 +213,22 @@ def test_info_names_a_dataset_with_its_size_and_content_hash(tmp_path, monkeypat
 
     digest = NpzDataset(DatasetParams(), path=str(tmp_path / "cifar10.npz")).load().sha256
     assert res.exit_code == 0 and "4 train / 4 test" in res.output and f"data_sha256 {digest[:12]}" in res.output, res.output
+
+
+def test_an_epoch_line_just_after_a_periodic_line_reports_the_rate_of_a_longer_window(monkeypatch):
+    """The periodic line falls on an epoch's last step; the epoch's own line follows 10 ms later with
+    no new step: its rate is measured from the mark before, not 0 steps over 10 ms."""
+    clock = [0.0]
+    monkeypatch.setattr("benchbd.progress.time.monotonic", lambda: clock[0])
+    out = io.StringIO()
+    progress = LineProgress(out, every_s=60)
+    progress.start_grid(1)
+    progress.start_cell("c")
+    progress.start_run("training", 1000, batch_size=125)
+    for _ in range(480):  # 8 steps/s = 1,000 images/s; the periodic line falls on the last, at 60 s
+        clock[0] += 0.125
+        progress.advance(1)
+    clock[0] += 0.01
+    progress.advance(0, "epoch 1/3 loss 1.000")
+    rates = [int(r) for r in re.findall(r"\| (\d+) images/s", out.getvalue())]
+    assert rates == [1000, 1000]  # the periodic line at 60 s and the epoch's line
