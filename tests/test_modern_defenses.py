@@ -847,3 +847,19 @@ def test_defenses_whose_official_loader_keeps_the_last_partial_batch_keep_it(tmp
     dropped = {name.split(":")[0] for name, drop in calls if drop}
     assert {"fst", "ft-sam", "NC unlearning", "nc", "sau", "rnp", "bti"} <= kept
     assert kept.isdisjoint(dropped) and {"backdoored", "fine-tuning"} <= dropped
+
+
+def test_top_singular_vector_by_subspace_iteration_is_the_full_svds_and_falls_back_when_it_cannot_converge():
+    """Spectral's speed route: the same v as a full SVD (up to sign) on features with a planted split;
+    on a flat spectrum (isotropic noise) three iterations cannot converge, and the full SVD's v is returned."""
+    from benchbd.defenses.spectral import top_right_singular_vector
+
+    g = torch.Generator().manual_seed(0)
+    features = torch.randn(400, 64, generator=g, dtype=torch.float64) / torch.arange(1, 65, dtype=torch.float64)
+    features[:200] += 0.5 * torch.linalg.qr(torch.randn(64, 64, generator=g, dtype=torch.float64)).Q[:, 7]
+    features -= features.mean(0)
+    full = torch.linalg.svd(features, full_matrices=False)[2][0]
+    fast = top_right_singular_vector(features)
+    assert torch.linalg.vector_norm(fast - torch.sign(fast @ full) * full) < 1e-8
+    noise = torch.randn(400, 64, generator=g, dtype=torch.float64)
+    assert torch.equal(top_right_singular_vector(noise, max_iter=3), torch.linalg.svd(noise, full_matrices=False)[2][0])
