@@ -22,6 +22,7 @@ from torch import nn
 from .budgets import BUDGETS as BUDGETS  # re-exported: the trainer's callers pick budgets here too
 from .budgets import Budget
 from .config import check
+from .data.augment import to_float, to_image
 from .data.splits import Split
 from .errors import BenchbdError, did_you_mean
 from .progress import NullProgress
@@ -230,9 +231,12 @@ class Trainer:
                 for step in range(steps):
                     index = order[step * bs : (step + 1) * bs]
                     x, y = images[index], labels[index]
-                    if control is not None:
+                    if control is not None and not control.after_augmentation:
                         x, y, backdoor = control.shape_batch(x, y, poisoned[index], eligible[index], gen)
                     x = self.pipeline.train(x, gen) if augment else self.pipeline.test(x)
+                    if control is not None and control.after_augmentation:
+                        x, y, backdoor = control.shape_batch(to_image(x), y, poisoned[index], eligible[index], gen)
+                        x = to_float(x)
                     with self.autocast() if mixed_precision else nullcontext():
                         value = loss(model, x, y, gen)
                         extra = control.loss(y, backdoor) if control is not None else None

@@ -126,6 +126,43 @@ def test_trainer_trains_on_the_batches_the_control_shapes():
     assert all(any(torch.allclose(x[0], 1 - SmallImages().test(data.images[i : i + 1])[0]) for i in range(64)) for x, _ in seen)
 
 
+@pytest.mark.parametrize("after", [False, True])
+def test_a_control_stamps_before_or_after_the_crop_and_flip_as_its_official_code(after):
+    """A 2x2 white corner stamped on black images: after augmentation every model input has it in
+    place; before, crop and flip move it (most of the 64 inputs lose the exact corner). Input-aware's
+    official train_step stamps the loader's augmented batch; WaNet's and BppAttack's loaders do not
+    augment and their PostTensorTransform follows the poisoning."""
+    seen = []
+
+    class WhiteCorner(attacks.base.TrainingControl):
+        after_augmentation = after
+
+        def shape_batch(self, images, labels, poisoned, eligible, gen):
+            assert images.dtype == torch.uint8 and images.shape[1:] == (32, 32, 3)
+            images = images.clone()
+            images[:, :2, :2] = 255
+            return images, labels, poisoned
+
+    def record(model, x, y, gen):
+        seen.append(x.detach().clone())
+        return torch.nn.functional.cross_entropy(model(x), y)
+
+    data = labelled(64)
+    black = torch.zeros_like(data.images)
+    split = PoisonedSplit(black, data.labels, poisoned=torch.empty(0, dtype=torch.long), training_control=WhiteCorner())
+    trainer = Trainer(SmallImages(), Budget("t", max_epochs=1, max_steps_per_epoch=2), "cpu", 0)
+    trainer.fit(create_model("wrn16_1", 10), split, TrainRecipe(epochs=1, batch_size=32), loss=record)
+    inputs = torch.cat(seen)
+    corner_in_place = (inputs[:, :, :2, :2] == 1).flatten(1).all(1)
+    white_pixels = (inputs == 1).flatten(1).sum(1)
+    if after:
+        assert corner_in_place.all() and (white_pixels == 12).all()
+    else:
+        assert int(corner_in_place.sum()) < 16 and (white_pixels <= 12).all()
+    expected = {name: name == "input_aware" for name in ("wanet", "bpp", "input_aware")}
+    assert {name: attacks.create(name, dataset="cifar10").training_control.after_augmentation for name in expected} == expected
+
+
 def test_adaptive_poison_and_cover_sets():
     train = labelled(2000)
     for name, ratios in (("adap_blend", (0.003, 0.003)), ("adap_patch", (0.003, 0.006))):

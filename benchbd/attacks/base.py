@@ -84,7 +84,14 @@ class TrainingControl:
     the model's forward pass, `loss`; after the run: `detach`. Every method has a neutral default,
     so an attack overrides only what it does: lba_k adds a latent loss, WaNet and BppAttack poison
     each batch as it is drawn. Training runs the attacker does not control (a defense that trains
-    on the poisoned data itself) see `static_split(...)` instead: the poison as a fixed dataset."""
+    on the poisoned data itself) see `static_split(...)` instead: the poison as a fixed dataset.
+
+    `after_augmentation`: `shape_batch` gets the batch after the training augmentation (crop and
+    flip), where the official code stamps after its loader's transforms (Input-aware); by default
+    before it, where the official code stamps the drawn batch and augments afterwards (WaNet,
+    BppAttack: their loaders have no augmentation, `PostTensorTransform` follows the poisoning)."""
+
+    after_augmentation = False
 
     def attach(self, model: nn.Module) -> None:
         """Before the run (e.g. register forward hooks on `model`)."""
@@ -95,7 +102,7 @@ class TrainingControl:
     def shape_batch(
         self, images: torch.Tensor, labels: torch.Tensor, poisoned: torch.Tensor, eligible: torch.Tensor, gen: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The batch the step trains on, before augmentation: uint8 images [B, H, W, 3], labels and
+        """The batch the step trains on, before augmentation (or after: `after_augmentation`): uint8 images [B, H, W, 3], labels and
         the mask of backdoor samples (what `loss` sees). `eligible` marks the samples the attacker
         may change (not the defender's holdout); `gen` is the run's seeded generator."""
         return images, labels, poisoned

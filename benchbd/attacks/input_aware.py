@@ -31,12 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..config import check
-from ..data.augment import to_float
+from ..data.augment import to_float, to_image
 from ..data.splits import Split
 from ..errors import BenchbdError
 from ..models.base import channel_std
 from ..train import make_optimizer, make_schedule, steps_per_epoch
-from .base import ATTACKS, AttackParams, AttackTools, to_uint8
+from .base import ATTACKS, AttackParams, AttackTools
 from .per_batch import PerBatchAttack
 
 EPSILON = 1e-7
@@ -102,11 +102,6 @@ class TriggerNet(nn.Module):
         return torch.tanh(self.pattern(x) * 20 - 10) / (2 + EPSILON) + 0.5
 
 
-def to_image(x: torch.Tensor) -> torch.Tensor:
-    """float [N, 3, H, W] in [0, 1] -> uint8 [N, H, W, 3]."""
-    return to_uint8(x.mul(255).permute(0, 2, 3, 1))
-
-
 def stamp(x: torch.Tensor, pattern: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return x + (pattern - x) * mask
 
@@ -142,9 +137,11 @@ class InputAware(PerBatchAttack):
     group = "modern"
     sample_specific = True
     source = "Nguyen & Tran, NeurIPS 2020"
+    # 5: the victim's batches stamped after crop and flip, as the official train_step stamps the loader's augmented batch;
     # 4: diversity in the official normalised units, never an image against itself (NaN before); 3: BN momentum 0.05 as the official blocks;
     # 2: the mask thresholds the mask network's tanh output
-    version = 4
+    version = 5
+    stamps_after_augmentation = True  # the official loader crops and flips, then train_step stamps
 
     def __init__(self, params, num_classes, image_size, name="input_aware"):
         super().__init__(params, num_classes, image_size, name)

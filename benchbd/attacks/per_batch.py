@@ -1,4 +1,4 @@
-"""Attacks that poison the victim's training batch by batch (WaNet, BppAttack).
+"""Attacks that poison the victim's training batch by batch (WaNet, BppAttack, Input-aware).
 
 Their official code controls the training loop: each batch, as it is drawn, has its first
 floor(poison_ratio x B) samples turned into backdoor samples (test-time trigger, target label)
@@ -25,6 +25,7 @@ class PerBatchPoisoning(TrainingControl):
 
     def __init__(self, attack: "PerBatchAttack"):
         self.attack = attack
+        self.after_augmentation = attack.stamps_after_augmentation
 
     def shape_batch(self, images, labels, poisoned, eligible, gen):
         return self.attack.poison_batch(images, labels, eligible, gen)
@@ -39,6 +40,8 @@ class PerBatchPoisoning(TrainingControl):
 
 class PerBatchAttack(Attack):
     """Subclasses give `apply` (the test-time trigger), `extra_count` and `extra_samples`."""
+
+    stamps_after_augmentation = False  # True: the victim's batches are stamped after crop and flip (TrainingControl)
 
     def __init__(self, params, num_classes, image_size, name=""):
         super().__init__(params, num_classes, image_size, name)

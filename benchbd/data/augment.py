@@ -17,6 +17,11 @@ def to_float(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 3, 1, 2).float().div_(255)
 
 
+def to_image(x: torch.Tensor) -> torch.Tensor:
+    """float [B, 3, H, W] in [0, 1] -> uint8 [B, H, W, 3], rounded: exact on to_float's output."""
+    return x.mul(255).round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+
+
 def random_crop_flip(x: torch.Tensor, pad: int, gen: torch.Generator) -> torch.Tensor:
     """Random crop of the original size from a zero-padded image, then a random horizontal flip."""
     b, h, w, _ = x.shape
