@@ -223,7 +223,7 @@ def test_abl_unlearning_raises_the_loss_of_the_isolated_set(monkeypatch):
     """The last phase ascends: the loss on the isolated samples rises (it falls if it descended).
     Measured as the training step sees it (BatchNorm on the batch, on a copy), so that the drift of
     the running statistics, which raises the eval-mode loss either way, does not decide."""
-    losses = {}
+    losses, isolated = {}, []
     original = Trainer.fit
 
     def training_loss(model, data):
@@ -233,6 +233,7 @@ def test_abl_unlearning_raises_the_loss_of_the_isolated_set(monkeypatch):
 
     def spying_fit(self, model, data, recipe, **kwargs):
         if kwargs.get("desc") == "ABL unlearning":
+            isolated.append(data)
             losses["before"] = training_loss(model, data)
             model = original(self, model, data, recipe, **kwargs)
             losses["after"] = training_loss(model, data)
@@ -240,8 +241,11 @@ def test_abl_unlearning_raises_the_loss_of_the_isolated_set(monkeypatch):
         return original(self, model, data, recipe, **kwargs)
 
     monkeypatch.setattr(Trainer, "fit", spying_fit)
-    _abl(_noise_toy())
+    ctx, unlearned = _abl(_noise_toy())
     assert losses["after"] > losses["before"] + 0.5, losses
+    # the model as it was before the unlearning is kept for the row (before_unlearning_asr / _ca)
+    probe = ctx.probes["before_unlearning"]
+    assert probe is not unlearned and losses["before"] == pytest.approx(training_loss(probe, isolated[0]))
 
 
 def test_ibau_hypergradient_matches_finite_differences():

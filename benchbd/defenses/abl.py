@@ -70,6 +70,7 @@ class AntiBackdoorLearning(Defense):
         score_detection(ctx, data.poison_mask, ~kept, -losses, "isolation")
         ctx.metrics["isolated"] = int(len(isolated))
         trainer.fit(model, data.subset(kept), p.clean_training, desc="ABL training on the rest")
+        ctx.probe("before_unlearning", model)  # the row's before_unlearning_asr / _ca: what the unlearning itself did
 
         def ascent(m, x, y, gen):
             return -F.cross_entropy(m(x), y)
