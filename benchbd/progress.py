@@ -185,6 +185,11 @@ def duration(seconds: float) -> str:
 MIN_RATE_WINDOW_S = 5.0
 
 
+def steps_rate(per_second: float) -> str:
+    """Steps per second, or seconds per step where a step is an epoch of a slow run (0.0 steps/s said nothing)."""
+    return f"{per_second:.1f} steps/s" if per_second >= 0.5 or per_second <= 0 else f"{1 / per_second:.0f} s/step"
+
+
 class LineProgress(SlottedProgress):
     """Plain lines for a log (`nohup benchbd run ... > run.log 2>&1 &; tail -f run.log`): one per
     cell start and stage, one per training epoch (loss, images/s, ETA of the run), one per finished
@@ -261,7 +266,7 @@ class _LineSlot(NullProgress):
         window_long = now - self.marks[1][0] >= MIN_RATE_WINDOW_S
         since, steps_then = self.marks[1] if window_long else self.marks[0]
         rate = (self.done - steps_then) / max(now - since, 1e-9)
-        speed = f"{rate * self.batch_size:.0f} images/s" if self.batch_size else f"{rate:.1f} steps/s"
+        speed = f"{rate * self.batch_size:.0f} images/s" if self.batch_size else steps_rate(rate)
         elapsed = now - self.run_started
         eta = elapsed / self.done * (self.total - self.done) if self.done else 0.0
         self.print(f"cell {self.label} | {self.desc} | {info or f'step {self.done}/{self.total}'} | {speed} | ETA {duration(eta)}")

@@ -232,3 +232,18 @@ def test_an_epoch_line_just_after_a_periodic_line_reports_the_rate_of_a_longer_w
     progress.advance(0, "epoch 1/3 loss 1.000")
     rates = [int(r) for r in re.findall(r"\| (\d+) images/s", out.getvalue())]
     assert rates == [1000, 1000]  # the periodic line at 60 s and the epoch's line
+
+
+def test_slow_steps_read_as_seconds_per_step(monkeypatch):
+    """BTI-DBF's epochs as steps, 50 s each: '50 s/step', where '0.0 steps/s' said nothing."""
+    clock = [0.0]
+    monkeypatch.setattr("benchbd.progress.time.monotonic", lambda: clock[0])
+    out = io.StringIO()
+    progress = LineProgress(out, every_s=3600)
+    progress.start_grid(1)
+    progress.start_cell("c")
+    progress.start_run("BTI-DBF generator warm-up", 50)
+    for epoch in range(2):
+        clock[0] += 50.0
+        progress.advance(1, f"epoch {epoch + 1}/50")
+    assert re.findall(r"\| (\S+ \S+) \| ETA", out.getvalue()) == ["50 s/step", "50 s/step"]
