@@ -125,6 +125,20 @@ def test_seeds_give_mean_std_n_everywhere_and_a_95_interval_in_the_tidy_csv():
     assert r"3.00 $\pm$ 1.41" in tex and "(n=2)" in render(DATA, "markdown") and "(n=2)" in render(DATA, "html")
 
 
+def test_a_metric_fewer_seeds_have_says_how_many():
+    """The retuning check ran on seed 0 only of a two-seed cell: its numbers carry [n=1], the
+    cell's ASR and CA their mean and std over both, and the tidy CSV counts each metric's own seeds."""
+    import io
+
+    data = DATA.assign(metrics=[{}] * len(DATA))
+    data.at[2, "metrics"] = {"asr_after_retuning": 60.0, "ca_after_retuning": 70.0}  # badnet_grid x tnr, seed 0
+    md = render(data, "markdown")
+    assert "| 3.00 ± 1.41 / 81.00 ± 1.41 / 60 [n=1] / 70 [n=1] (n=2) |" in md
+    frame = pd.read_csv(io.StringIO(render(data, "csv")))
+    cell = frame[(frame["attack"] == "badnet_grid") & (frame["defense"] == "tnr")].set_index("metric")["seeds"]
+    assert cell.to_dict() == {"asr": 2, "ca": 2, "asr_after_retuning": 1, "ca_after_retuning": 1}
+
+
 def test_latex_is_a_well_formed_tabular_with_sub_columns_and_bold():
     tex = render(DATA, "latex")
     spec = re.search(r"\\begin\{tabular\}\{(lr*)\}", tex).group(1)

@@ -182,6 +182,9 @@ class Grid:
     not_planted: dict[str, float] = field(default_factory=dict)
     group: str = ""  # the defenses' group the table shows (paper, baseline, modern, a plugin's)
     provenance: dict = field(default_factory=dict)  # what produced the rows, for the caption and the CSV
+    # metric -> attack x defense: how many of the cell's rows have it (the retuning check's numbers
+    # may come from fewer seeds than the cell's ASR and CA)
+    counts: dict[str, pd.DataFrame] = field(default_factory=dict)
 
     @property
     def metrics(self) -> tuple[str, ...]:
@@ -358,6 +361,7 @@ def build_grids(
             mean = {m: grouped[m].mean().unstack().reindex(index=attacks, columns=defenses) for m in metrics}
             std = {m: grouped[m].std(ddof=1).unstack().reindex(index=attacks, columns=defenses) for m in metrics}
             seeds = grouped["seed"].nunique().unstack().reindex(index=attacks, columns=defenses)
+            counts = {m: grouped[m].count().unstack().reindex(index=attacks, columns=defenses) for m in metrics}
             averaged = len(attacks) > 1  # an Average row over one attack would only repeat it
             not_planted = {a: v for a, v in backdoored_asr(part).items() if v < PLANTED}
             # Averages over the planted attacks every column has, so no column's mean silently covers fewer attacks
@@ -394,6 +398,7 @@ def build_grids(
                 mean,
                 std,
                 seeds,
+                counts=counts,
                 extra=tuple(extra),
                 caption=caption,
                 failed=failed,
@@ -453,12 +458,28 @@ def _n(grid: Grid, attack: str, defense: str) -> int:
     return 0 if pd.isna(n) else int(n)
 
 
+def _metric_n(grid: Grid, attack: str, defense: str, metric: str) -> int:
+    """How many rows of the cell have `metric` (the cell's seed count where not counted)."""
+    n = _n(grid, attack, defense)
+    table = grid.counts.get(metric)
+    if table is None or attack not in table.index:
+        return n
+    k = table.at[attack, defense]
+    return n if pd.isna(k) else min(int(k), n)
+
+
 def cell_values(grid: Grid, attack: str, defense: str) -> list[str]:
-    """Our numbers of one cell, one text per shown metric ('failed' for a cell whose rows all failed)."""
+    """Our numbers of one cell, one text per shown metric ('failed' for a cell whose rows all failed);
+    a metric that fewer of the cell's seeds have says how many ('8.70 [n=1]' in an n=2 cell)."""
     if (attack, defense) in grid.failed:
         return ["failed"]
     n = _n(grid, attack, defense)
-    return [_fmt(grid.mean[m].at[attack, defense], grid.std[m].at[attack, defense], n, _spec(m)) for m in grid.metrics]
+    values = []
+    for m in grid.metrics:
+        k = _metric_n(grid, attack, defense, m)
+        text = _fmt(grid.mean[m].at[attack, defense], grid.std[m].at[attack, defense], k, _spec(m))
+        values.append(text + (f" [n={k}]" if 0 < k < n else ""))
+    return values
 
 
 def paper_values(grid: Grid, attack: str, defense: str) -> list[str] | None:
@@ -659,8 +680,8 @@ def to_csv(grids: list[Grid]) -> str:
         p = grid.provenance
         for attack in grid.attacks:
             for defense in grid.defenses:
-                n = _n(grid, attack, defense)
                 for m in grid.metrics:
+                    n = _metric_n(grid, attack, defense, m)
                     mean, std = grid.mean[m].at[attack, defense], grid.std[m].at[attack, defense]
                     low, high = interval95(mean, std, n)
                     paper = grid.paper[m].at[attack, defense] if grid.paper is not None and m in grid.paper else float("nan")
