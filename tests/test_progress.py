@@ -215,16 +215,22 @@ def test_info_names_a_dataset_with_its_size_and_content_hash(tmp_path, monkeypat
     assert res.exit_code == 0 and "4 train / 4 test" in res.output and f"data_sha256 {digest[:12]}" in res.output, res.output
 
 
-def test_an_epoch_line_just_after_a_periodic_line_reports_the_rate_of_a_longer_window(monkeypatch):
-    """The periodic line falls on an epoch's last step; the epoch's own line follows 10 ms later with
-    no new step: its rate is measured from the mark before, not 0 steps over 10 ms."""
+def clocked_run(monkeypatch, every_s: float, desc: str, total_steps: int, batch_size: int = 0):
+    """A LineProgress inside one run of cell 'c' on a clock the test moves: (clock, output, progress)."""
     clock = [0.0]
     monkeypatch.setattr("benchbd.progress.time.monotonic", lambda: clock[0])
     out = io.StringIO()
-    progress = LineProgress(out, every_s=60)
+    progress = LineProgress(out, every_s=every_s)
     progress.start_grid(1)
     progress.start_cell("c")
-    progress.start_run("training", 1000, batch_size=125)
+    progress.start_run(desc, total_steps, batch_size)
+    return clock, out, progress
+
+
+def test_an_epoch_line_just_after_a_periodic_line_reports_the_rate_of_a_longer_window(monkeypatch):
+    """The periodic line falls on an epoch's last step; the epoch's own line follows 10 ms later with
+    no new step: its rate is measured from the mark before, not 0 steps over 10 ms."""
+    clock, out, progress = clocked_run(monkeypatch, 60, "training", 1000, batch_size=125)
     for _ in range(480):  # 8 steps/s = 1,000 images/s; the periodic line falls on the last, at 60 s
         clock[0] += 0.125
         progress.advance(1)
@@ -236,13 +242,7 @@ def test_an_epoch_line_just_after_a_periodic_line_reports_the_rate_of_a_longer_w
 
 def test_slow_steps_read_as_seconds_per_step(monkeypatch):
     """BTI-DBF's epochs as steps, 50 s each: '50 s/step', where '0.0 steps/s' said nothing."""
-    clock = [0.0]
-    monkeypatch.setattr("benchbd.progress.time.monotonic", lambda: clock[0])
-    out = io.StringIO()
-    progress = LineProgress(out, every_s=3600)
-    progress.start_grid(1)
-    progress.start_cell("c")
-    progress.start_run("BTI-DBF generator warm-up", 50)
+    clock, out, progress = clocked_run(monkeypatch, 3600, "BTI-DBF generator warm-up", 50)
     for epoch in range(2):
         clock[0] += 50.0
         progress.advance(1, f"epoch {epoch + 1}/50")
