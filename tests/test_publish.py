@@ -53,7 +53,11 @@ def test_publish_refuses_a_file_without_its_block(tmp_path):
     assert invoke("publish", tmp_path / "missing").exit_code == 2
 
 
-PUBLISHED_INTO = {"cifar10-fast": REPO / "README.md", "cifar10-fast-modern": REPO / "docs" / "reproducing.md"}
+PUBLISHED_INTO = {
+    "cifar10-fast": REPO / "README.md",
+    "cifar10-fast-modern": REPO / "docs" / "reproducing.md",
+    "gtsrb-fast": REPO / "docs" / "reproducing.md",
+}
 
 
 def test_committed_results_equal_what_their_rows_give():
