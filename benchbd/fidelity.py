@@ -41,6 +41,20 @@ def mutation_text(runs: list[dict] | None) -> str:
     return text + (f"; NOT caught: {'; '.join(missed)})" if missed else ")") + f" at {runs[0]['commit']}"
 
 
+def _default_settings(row: dict) -> bool:
+    """Whether the row's defense ran with its registered parameters on the row's dataset (those it recorded)."""
+    from .config import Layers, as_dict
+    from .defenses import DEFENSES
+
+    ran = (row.get("params") or {}).get("defense")
+    if ran is None or row["defense"] not in DEFENSES:
+        return True  # migrated rows and plugins: nothing to compare
+    cls = DEFENSES.get(row["defense"])
+    dataset = row.get("paper_dataset") or row["dataset"]
+    default = as_dict(Layers().params("defense", row["defense"], dataset, cls.Params))
+    return all(default[k] == v for k, v in ran.items() if k in default)  # parameters added since the row ran do not count
+
+
 def latest_rows(results_root: Path) -> dict[tuple[str, str], dict]:
     """(kind, method) -> the newest committed row of a real run (a real dataset, not synthetic) using it;
     a defense's rows are its own, an attack's its `none` cells."""
@@ -49,6 +63,8 @@ def latest_rows(results_root: Path) -> dict[tuple[str, str], dict]:
         row = json.loads(path.read_text())
         if row.get("status") != "ok" or row.get("dataset") == "synthetic":
             continue
+        if not row.get("detector") and not _default_settings(row):
+            continue  # an ablation's variant (Table 4's columns) is not the method's own row
         if row.get("detector"):
             keys = [("detectors", row["detector"])]
         else:

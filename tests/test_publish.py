@@ -56,6 +56,7 @@ def test_publish_refuses_a_file_without_its_block(tmp_path):
 PUBLISHED_INTO = {
     "cifar10-fast": REPO / "README.md",
     "cifar10-fast-modern": REPO / "docs" / "reproducing.md",
+    "cifar10-fast-table4": REPO / "docs" / "reproducing.md",
     "gtsrb-fast": REPO / "docs" / "reproducing.md",
 }
 

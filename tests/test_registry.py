@@ -79,3 +79,17 @@ def test_every_method_has_a_fidelity_card_naming_tests_that_exist():
     assert res.exit_code == 0 and "fidelity: official xuxiong0214/BTIDBF@e680dda" in res.output
     res = CliRunner().invoke(main, ["show", "detector", "teco"], env={"COLUMNS": "200"})
     assert res.exit_code == 0 and "fidelity: official CGCL-codes/TeCo@4eacfaf" in res.output
+
+
+def test_fidelity_cards_quote_a_methods_own_rows_not_an_ablations_variant():
+    """Table 4's `no reconstruction` column is T&R with rec_weight 0: not T&R's own real-data row."""
+    from benchbd.config import Layers, as_dict
+    from benchbd.defenses import DEFENSES
+    from benchbd.fidelity import _default_settings
+
+    own = as_dict(Layers().params("defense", "tnr", "cifar10", DEFENSES.get("tnr").Params))
+    row = {"defense": "tnr", "dataset": "cifar10", "params": {"defense": own}}
+    assert _default_settings(row)
+    assert not _default_settings({**row, "params": {"defense": {**own, "rec_weight": 0.0}}})
+    older = {k: v for k, v in own.items() if k != "cutmix"}  # a parameter added after the row ran
+    assert _default_settings({**row, "params": {"defense": older}})
