@@ -8,6 +8,7 @@ and `python -m benchbd.fidelity` writes docs/fidelity.md from the cards and the 
 from __future__ import annotations
 
 import json
+from functools import lru_cache
 from importlib import resources
 from pathlib import Path
 
@@ -41,17 +42,23 @@ def mutation_text(runs: list[dict] | None) -> str:
     return text + (f"; NOT caught: {'; '.join(missed)})" if missed else ")") + f" at {runs[0]['commit']}"
 
 
-def _default_settings(row: dict) -> bool:
-    """Whether the row's defense ran with its registered parameters on the row's dataset (those it recorded)."""
+@lru_cache(maxsize=None)
+def _registered(defense: str, dataset: str) -> dict | None:
+    """A defense's registered parameters on a dataset (None for a name the registry lacks: a plugin's)."""
     from .config import Layers, as_dict
     from .defenses import DEFENSES
 
+    if defense not in DEFENSES:
+        return None
+    return as_dict(Layers().params("defense", defense, dataset, DEFENSES.get(defense).Params))
+
+
+def _default_settings(row: dict) -> bool:
+    """Whether the row's defense ran with its registered parameters on the row's dataset (those it recorded)."""
     ran = (row.get("params") or {}).get("defense")
-    if ran is None or row["defense"] not in DEFENSES:
+    default = _registered(row["defense"], row.get("paper_dataset") or row["dataset"]) if ran is not None else None
+    if default is None:
         return True  # migrated rows and plugins: nothing to compare
-    cls = DEFENSES.get(row["defense"])
-    dataset = row.get("paper_dataset") or row["dataset"]
-    default = as_dict(Layers().params("defense", row["defense"], dataset, cls.Params))
     return all(default[k] == v for k, v in ran.items() if k in default)  # parameters added since the row ran do not count
 
 
